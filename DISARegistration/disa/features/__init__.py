@@ -1,0 +1,3 @@
+"""Dense descriptors computed once per image: MIND-SSC (and the DISA network, later)."""
+
+from .mind import mind_ssc  # noqa: F401

@@ -1,0 +1,74 @@
+"""The registration objective: warp prepared moving features by a batch of poses and score them.
+
+Batched: ``similarity(params)`` takes (B, n) parameter vectors and returns (B,) similarities,
+so local optimizers (B = 1, with gradients) and global search (B = hundreds, chunked) share it.
+Dense displacement fields plug in through ``similarity_of_grid``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..similarity.base import Prepared
+from ..spatial import Image
+from ..spatial.image import sample, sampling_theta
+from ..transforms.linear import LinearModel
+
+
+class Objective:
+    """Similarity of the fixed level image and the moving features under ``initial @ model(p)``."""
+
+    def __init__(self, prepared: Prepared, fixed: Image, moving: Image, model: LinearModel,
+                 initial: Optional[np.ndarray] = None, chunk: int = 8):
+        self.prepared = prepared
+        self.fixed = fixed
+        self.moving = moving
+        self.model = model
+        self.device = prepared.moving.device
+        self.initial = torch.as_tensor(np.eye(4) if initial is None else initial, dtype=torch.float64,
+                                       device=self.device)
+        self.chunk = chunk
+        self.moving_mask = None if moving.mask is None else moving.mask.float().to(self.device)
+        self.n_evals = 0
+
+    def matrices(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, 4, 4) fixed -> moving LPS matrices of the parameter vectors."""
+        return self.initial @ self.model.matrix(params.to(self.device))
+
+    def grid(self, matrices: torch.Tensor) -> torch.Tensor:
+        theta = sampling_theta(self.fixed, self.moving, matrices).to(torch.float32)
+        return F.affine_grid(theta, [theta.shape[0], 1, *self.fixed.shape], align_corners=True)
+
+    def warp(self, grid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Moving features and validity on the fixed grid for normalized sampling ``grid``."""
+        warped, valid = sample(self.prepared.moving, grid)
+        if self.moving_mask is not None:
+            inside, _ = sample(self.moving_mask, grid.detach())
+            valid = valid * (inside > 0.5).to(valid.dtype)
+        return warped, valid
+
+    def similarity_of_grid(self, grid: torch.Tensor) -> torch.Tensor:
+        """Similarity (B,) for arbitrary sampling grids, e.g. affine grid + dense displacement."""
+        warped, valid = self.warp(grid)
+        self.n_evals += grid.shape[0]
+        return self.prepared.evaluate(warped, valid)
+
+    def similarity(self, params: torch.Tensor) -> torch.Tensor:
+        """Similarity (B,) of (B, n) parameter vectors; differentiable when ``params`` requires grad."""
+        params = torch.as_tensor(params, dtype=torch.float64, device=self.device)
+        if params.dim() == 1:
+            params = params[None]
+        out = [self.similarity_of_grid(self.grid(self.matrices(p))) for p in params.split(self.chunk)]
+        return torch.cat(out)
+
+    def overlap(self, params: Optional[np.ndarray] = None) -> float:
+        """Share of the fixed mask (or grid) that maps inside the moving image."""
+        p = torch.as_tensor(self.model.identity() if params is None else params, dtype=torch.float64)
+        with torch.no_grad():
+            _, valid = self.warp(self.grid(self.matrices(p[None])))
+        region = valid if self.prepared.fixed_mask is None else valid * self.prepared.fixed_mask
+        total = valid.numel() if self.prepared.fixed_mask is None else float(self.prepared.fixed_mask.sum())
+        return float(region.sum()) / max(total, 1.0)

@@ -1,0 +1,60 @@
+"""The contract every similarity follows, so that any of them plugs into any optimizer.
+
+A similarity is prepared once per resolution level, from the fixed and moving images on their
+own working grids: ``prepare`` computes what depends on one image only (descriptors, gradient
+magnitudes, weights) and returns a :class:`Prepared` object. The objective then warps
+``Prepared.moving`` (C, z, y, x) onto the fixed grid for a batch of B poses or displacement
+fields and calls ``Prepared.evaluate(warped, valid)`` with
+
+- ``warped``: (B, C, Z, Y, X) moving features sampled at the fixed grid points;
+- ``valid``: (B, 1, Z, Y, X) 1 where the sampled point lies inside the moving image (and its mask).
+
+``evaluate`` returns (B,) similarities, higher is better, differentiable with respect to
+``warped``. Points outside the moving image must not be able to raise the similarity: each
+measure scores them as "no information", so a pose cannot gain by pushing patches out of view.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..spatial import Image
+
+
+class Prepared:
+    """Per-level state of a similarity: fixed-side tensors and the moving features to warp."""
+
+    def __init__(self, moving: torch.Tensor, fixed_mask: Optional[torch.Tensor]):
+        self.moving = moving
+        self.fixed_mask = fixed_mask
+
+    def evaluate(self, warped: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def region(self, valid: torch.Tensor) -> torch.Tensor:
+        """Valid points that are also inside the fixed mask, (B, 1, Z, Y, X) float."""
+        return valid if self.fixed_mask is None else valid * self.fixed_mask
+
+
+class Similarity:
+    """A similarity measure; subclasses set ``name`` and implement ``prepare``."""
+
+    name = "similarity"
+
+    def prepare(self, fixed: Image, moving: Image) -> Prepared:
+        raise NotImplementedError
+
+    def at_scale(self, factor: float) -> "Similarity":
+        """This measure for a coarser pyramid level (``factor`` = finest / level spacing < 1).
+
+        Measures with patch sizes in voxels shrink them so the physical size stays the same.
+        """
+        return self
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+def fixed_mask_of(image: Image) -> Optional[torch.Tensor]:
+    return None if image.mask is None else image.mask.float()

@@ -1,0 +1,322 @@
+"""A volume with its physical geometry, and the operations that keep that geometry right.
+
+Conventions (the whole engine uses them):
+- ``data`` is a float tensor shaped (C, Z, Y, X): channels first, then array axes z, y, x, as
+  ``SimpleITK.GetArrayFromImage`` returns them.
+- ``spacing``, ``origin`` and ``direction`` are SimpleITK's, in LPS millimetres: index vector
+  (i, j, k) = (x, y, z) maps to ``origin + direction @ (spacing * ijk)``; the columns of
+  ``direction`` are the physical directions of the x, y and z index axes.
+- Sampling goes through ``torch.nn.functional.grid_sample`` with ``align_corners=True``, so the
+  normalized coordinate -1 is the centre of the first voxel and +1 that of the last.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Files the engine reads and writes through SimpleITK.
+SUPPORTED_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: Fewest voxels along any axis for a volume to be registered.
+MIN_VOXELS_PER_AXIS = 4
+
+
+@dataclass
+class Image:
+    """A (multi-channel) volume in LPS physical space.
+
+    ``mask`` (optional, (1, Z, Y, X) bool) marks the voxels that carry image content, such as the
+    inside of an ultrasound fan; similarities ignore the rest.
+    """
+
+    data: torch.Tensor
+    spacing: np.ndarray
+    origin: np.ndarray
+    direction: np.ndarray
+    mask: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        self.spacing = np.asarray(self.spacing, dtype=np.float64).reshape(3)
+        self.origin = np.asarray(self.origin, dtype=np.float64).reshape(3)
+        self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        if self.data.dim() == 3:
+            self.data = self.data[None]
+        if self.data.dim() != 4:
+            raise InputError(f"image data must be (C, Z, Y, X), got shape {tuple(self.data.shape)}")
+
+    # geometry ---------------------------------------------------------------------------------
+    @property
+    def shape(self) -> Tuple[int, int, int]:
+        """Array shape (Z, Y, X)."""
+        return tuple(int(s) for s in self.data.shape[1:])
+
+    @property
+    def size(self) -> Tuple[int, int, int]:
+        """Grid size in index order (X, Y, Z), as SimpleITK's GetSize."""
+        return self.shape[::-1]
+
+    @property
+    def channels(self) -> int:
+        return int(self.data.shape[0])
+
+    def index_to_world(self) -> np.ndarray:
+        """4x4 matrix from index (x, y, z) to LPS millimetres."""
+        m = np.eye(4)
+        m[:3, :3] = self.direction @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    def world_to_index(self) -> np.ndarray:
+        return np.linalg.inv(self.index_to_world())
+
+    def center(self) -> np.ndarray:
+        """LPS position of the grid centre (midway between the first and last voxel centres)."""
+        half = (np.asarray(self.size, dtype=np.float64) - 1.0) / 2.0
+        return self.origin + self.direction @ (self.spacing * half)
+
+    def extent(self) -> np.ndarray:
+        """Physical edge lengths of the grid (x, y, z) in mm."""
+        return self.spacing * np.asarray(self.size, dtype=np.float64)
+
+    def same_geometry(self, data: torch.Tensor, mask: Optional[torch.Tensor] = None) -> "Image":
+        """A new image on this grid with other voxel values."""
+        return replace(self, data=data, mask=mask)
+
+    def to(self, device) -> "Image":
+        mask = None if self.mask is None else self.mask.to(device)
+        return replace(self, data=self.data.to(device), mask=mask)
+
+    # conversion -------------------------------------------------------------------------------
+    @classmethod
+    def from_array(cls, array, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0),
+                   direction=np.eye(3), mask=None) -> "Image":
+        """From a (Z, Y, X) or (C, Z, Y, X) array."""
+        data = torch.as_tensor(np.asarray(array, dtype=np.float32))
+        return cls(data, np.asarray(spacing), np.asarray(origin), np.asarray(direction), mask)
+
+    @classmethod
+    def from_sitk(cls, img) -> "Image":
+        import SimpleITK as sitk
+
+        arr = sitk.GetArrayFromImage(img).astype(np.float32)
+        if img.GetNumberOfComponentsPerPixel() > 1:
+            arr = np.moveaxis(arr, -1, 0)
+        return cls(torch.from_numpy(np.ascontiguousarray(arr)), np.array(img.GetSpacing()),
+                   np.array(img.GetOrigin()), np.array(img.GetDirection()).reshape(3, 3))
+
+    def to_sitk(self, channel: Optional[int] = 0):
+        """A SimpleITK image (one channel, or a vector image when ``channel`` is None)."""
+        import SimpleITK as sitk
+
+        arr = self.data.detach().cpu().numpy()
+        if channel is None:
+            img = sitk.GetImageFromArray(np.moveaxis(arr, 0, -1), isVector=True)
+        else:
+            img = sitk.GetImageFromArray(arr[channel])
+        img.SetSpacing([float(s) for s in self.spacing])
+        img.SetOrigin([float(o) for o in self.origin])
+        img.SetDirection([float(d) for d in self.direction.ravel()])
+        return img
+
+
+# I/O --------------------------------------------------------------------------------------------
+def load_image(path: PathLike, name: str = "image") -> Image:
+    """Read a 3-D scalar volume (NIfTI, NRRD, MHA) and check that it can be registered."""
+    import SimpleITK as sitk
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{name} file not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"{name} path is a folder, not an image file: {path}")
+    try:
+        img = sitk.ReadImage(path)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise InputError(
+            f"could not read {name} '{path}': not a readable image "
+            f"(supported: {', '.join(SUPPORTED_SUFFIXES)}). {first}") from exc
+    if img.GetDimension() != 3:
+        raise InputError(f"{name} '{path}' is {img.GetDimension()}-D; DISA registers 3-D volumes")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{name} '{path}' has {img.GetNumberOfComponentsPerPixel()} components "
+                         "per voxel; give a scalar volume")
+    image = Image.from_sitk(img)
+    check_image(image, f"{name} '{path}'")
+    return image
+
+
+def save_image(image: Image, path: PathLike) -> None:
+    import SimpleITK as sitk
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    sitk.WriteImage(image.to_sitk(channel=0 if image.channels == 1 else None), path)
+
+
+def check_image(image: Image, name: str = "image") -> None:
+    """Raise InputError if ``image`` is not a usable 3-D volume (too small, non-finite, flat)."""
+    if any(s < MIN_VOXELS_PER_AXIS for s in image.shape):
+        raise InputError(f"{name} has size {image.size}: a 3-D volume needs at least "
+                         f"{MIN_VOXELS_PER_AXIS} voxels along every axis (is it a 2-D image?)")
+    if not np.all(np.isfinite(image.spacing)) or np.any(image.spacing <= 0):
+        raise InputError(f"{name} has invalid spacing {tuple(image.spacing)}")
+    if abs(abs(np.linalg.det(image.direction)) - 1.0) > 1e-3:
+        raise InputError(f"{name} has a direction matrix that is not orthonormal")
+    bad = int((~torch.isfinite(image.data)).sum())
+    if bad:
+        raise InputError(f"{name} contains {bad} non-finite voxels (NaN or Inf); "
+                         "replace or mask them before registering")
+    if float(image.data.max() - image.data.min()) == 0.0:
+        raise InputError(f"{name} has constant intensity {float(image.data.flatten()[0]):g}: "
+                         "there is nothing to register")
+
+
+# intensities ------------------------------------------------------------------------------------
+def foreground_mask(image: Image, mode: str = "auto") -> Optional[torch.Tensor]:
+    """The voxels that carry content.
+
+    ``"none"``: all voxels. ``"nonzero"``: voxels that are not exactly 0 (ultrasound outside the
+    fan, skull-stripped or resliced volumes). ``"auto"``: ``"nonzero"`` when more than 10% of the
+    voxels are exactly 0, since such a region is padding, not anatomy; else all voxels.
+    """
+    if mode == "none":
+        return None
+    nonzero = image.data[:1] != 0
+    if mode == "nonzero" or (mode == "auto" and float((~nonzero).float().mean()) > 0.10):
+        return nonzero
+    if mode == "auto":
+        return None
+    raise InputError(f"unknown mask mode {mode!r}; use auto, nonzero or none")
+
+
+def normalize_intensity(image: Image, mask: Optional[torch.Tensor] = None) -> Image:
+    """Zero mean and unit standard deviation over the foreground (all voxels without a mask)."""
+    mask = image.mask if mask is None else mask
+    data = image.data.float()
+    values = data[:, mask[0]] if mask is not None else data.flatten(1)
+    if values.shape[1] < 2:
+        raise InputError("the image foreground is empty: nothing to register")
+    mean = values.mean(dim=1).view(-1, 1, 1, 1)
+    std = values.std(dim=1).view(-1, 1, 1, 1)
+    if float(std.min()) <= 1e-12 * max(1.0, float(mean.abs().max())):
+        raise InputError("the image has zero intensity variance over its foreground: "
+                         "there is nothing to register")
+    out = (data - mean) / std
+    if mask is not None:
+        out = out * mask
+    return image.same_geometry(out, mask)
+
+
+# sampling ---------------------------------------------------------------------------------------
+def _index_to_normalized(size_xyz) -> np.ndarray:
+    """4x4 from voxel index (x, y, z) to grid_sample's normalized coordinates."""
+    size = np.asarray(size_xyz, dtype=np.float64)
+    half = np.maximum(size - 1.0, 1e-9) / 2.0
+    m = np.eye(4)
+    m[:3, :3] = np.diag(1.0 / half)
+    m[:3, 3] = -1.0
+    return m
+
+
+def sampling_theta(target: Image, source: Image, matrix: torch.Tensor) -> torch.Tensor:
+    """``affine_grid`` matrices (B, 3, 4) that sample ``source`` on ``target``'s grid.
+
+    ``matrix`` (B, 4, 4) maps target LPS points to source LPS points (the resampling direction).
+    The result is differentiable with respect to ``matrix``.
+    """
+    dt = matrix.dtype
+    dev = matrix.device
+    left = torch.as_tensor(_index_to_normalized(source.size) @ source.world_to_index(), dtype=dt, device=dev)
+    right = torch.as_tensor(target.index_to_world() @ np.linalg.inv(_index_to_normalized(target.size)),
+                            dtype=dt, device=dev)
+    return (left @ matrix @ right)[:, :3, :]
+
+
+def sample(source: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sample (C, z, y, x) ``source`` at normalized ``grid`` (B, Z, Y, X, 3).
+
+    Returns the samples (B, C, Z, Y, X) and a (B, 1, Z, Y, X) float mask that is 1 where the
+    point lies inside the source grid. Points outside read 0 and are masked out.
+    """
+    b = grid.shape[0]
+    src = source[None].expand(b, *source.shape) if source.dim() == 4 else source
+    out = F.grid_sample(src, grid.to(src.dtype), mode=mode, padding_mode="zeros", align_corners=True)
+    inside = (grid.detach().abs() <= 1.0 + 1e-6).all(dim=-1, keepdim=True)
+    return out, inside.permute(0, 4, 1, 2, 3).to(out.dtype)
+
+
+def resample_image(source: Image, target: Image, matrix: Optional[np.ndarray] = None,
+                   mode: str = "bilinear") -> Image:
+    """``source`` resampled on ``target``'s grid through ``matrix`` (target LPS -> source LPS).
+
+    Voxels that fall outside ``source`` are 0 and outside the returned mask.
+    """
+    m = torch.as_tensor(np.eye(4) if matrix is None else np.asarray(matrix), dtype=torch.float64)
+    theta = sampling_theta(target, source, m[None]).to(torch.float32)
+    grid = F.affine_grid(theta, [1, 1, *target.shape], align_corners=True).to(source.data.device)
+    out, inside = sample(source.data.float(), grid, mode=mode)
+    mask = inside[0] > 0.5
+    if source.mask is not None:
+        src_mask, _ = sample(source.mask.float(), grid, mode="bilinear")
+        mask = mask & (src_mask[0] > 0.5)
+    return target.same_geometry(out[0], mask)
+
+
+def gaussian_blur(data: torch.Tensor, sigma_vox: Sequence[float]) -> torch.Tensor:
+    """Separable Gaussian blur of (C, Z, Y, X) data; ``sigma_vox`` in voxels along (x, y, z)."""
+    out = data[None] if data.dim() == 4 else data
+    for axis, sigma in zip((4, 3, 2), sigma_vox):  # x, y, z -> tensor dims
+        if sigma <= 0.05:
+            continue
+        radius = max(1, int(math.ceil(3.0 * sigma)))
+        t = torch.arange(-radius, radius + 1, dtype=out.dtype, device=out.device)
+        kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        c = out.shape[1]
+        shape = [1, 1, 1]
+        shape[axis - 2] = kernel.numel()
+        weight = kernel.view(1, 1, *shape).expand(c, 1, *shape)
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (4 - axis)] = pad[2 * (4 - axis) + 1] = radius
+        out = F.conv3d(F.pad(out, pad, mode="replicate"), weight, groups=c)
+    return out[0] if data.dim() == 4 else out
+
+
+def resample_to_spacing(image: Image, spacing: Union[float, Sequence[float]],
+                        resolution: Union[float, Sequence[float], None] = None) -> Image:
+    """The same box resampled at ``spacing`` mm, with Gaussian anti-aliasing when coarsening.
+
+    ``resolution`` (mm, default ``spacing``) sets the anti-aliasing blur: a grid finer than
+    the resolution (oversampling) keeps later trilinear interpolation nearly exact.
+    The new grid keeps the direction and the centre of the old one and covers the same extent.
+    A mask is resampled too (a voxel is inside when more than half of it was).
+    """
+    new_spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,)).copy()
+    blur_to = new_spacing if resolution is None else np.broadcast_to(np.asarray(resolution, dtype=np.float64), (3,))
+    factor = blur_to / image.spacing
+    new_size = np.maximum(np.round(image.extent() / new_spacing).astype(int), 2)
+    center = image.center()
+    origin = center - image.direction @ (new_spacing * (new_size - 1) / 2.0)
+    sigma = 0.5 * np.sqrt(np.maximum(factor ** 2 - 1.0, 0.0))
+    blurred = gaussian_blur(image.data.float(), sigma)
+    target = Image(torch.zeros(1, *new_size[::-1].tolist()), new_spacing, origin, image.direction)
+    out = resample_image(image.same_geometry(blurred, image.mask), target)
+    if image.mask is None:
+        return target.same_geometry(out.data, None)
+    return out
+
+
+def pyramid(image: Image, spacings: Sequence[float]) -> List[Image]:
+    """The image resampled at each of ``spacings`` (coarse to fine, as given)."""
+    return [resample_to_spacing(image, s) for s in spacings]

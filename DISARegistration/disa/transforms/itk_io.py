@@ -1,0 +1,236 @@
+"""Linear transforms to and from ITK transform files, and the one place where RAS/LPS flips live.
+
+Frames and directions (the contract every caller relies on):
+- An engine matrix ``m`` (4x4 float64) maps FIXED-space LPS points to MOVING-space LPS points:
+  the resampling direction, which is what ITK transform files (``.tfm``/``.txt``/``.h5``) store.
+- ITK writes a linear transform about a centre ``c``: ``x' = A (x - c) + c + t``. The matrix
+  alone fixes how points move; ``c`` only changes how the same mapping is parameterized.
+- 3D Slicer shows transforms in RAS and as "to parent" (moving -> fixed for a registration
+  result), i.e. the INVERSE of the ITK resampling transform, with x and y negated. Slicer itself
+  does exactly this conversion when it loads or saves an ITK file; the MRML bridge calls
+  :func:`itk_to_slicer_to_parent_ras` / :func:`slicer_to_parent_ras_to_itk` instead of flipping
+  signs on its own.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from ..errors import InputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Suffixes the writer accepts (text and HDF5 ITK transform files).
+TEXT_SUFFIXES = (".tfm", ".txt")
+HDF5_SUFFIXES = (".h5", ".hdf5")
+WRITE_SUFFIXES = TEXT_SUFFIXES + HDF5_SUFFIXES
+
+#: Largest deviation of R^T R from I (and of the last matrix row from [0 0 0 1]) accepted as exact.
+ROTATION_TOLERANCE = 1e-4
+
+#: diag(-1, -1, 1, 1): LPS <-> RAS for points and, by conjugation, for 4x4 matrices.
+_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+_NON_LINEAR_MESSAGE = (
+    "transform file '{path}' holds a non-linear transform ({what}); displacement-field and "
+    "B-spline transforms are not linear and are not supported by this reader yet")
+
+
+def _as_matrix(matrix, name: str = "matrix") -> np.ndarray:
+    """A validated homogeneous 4x4 float64 copy (accepts numpy, lists, torch, a (1, 4, 4) batch)."""
+    if hasattr(matrix, "detach"):  # torch tensor, without importing torch here
+        matrix = matrix.detach().cpu().numpy()
+    m = np.array(matrix, dtype=np.float64)
+    if m.shape == (1, 4, 4):
+        m = m[0]
+    if m.shape != (4, 4):
+        raise InputError(f"{name} must be a 4x4 homogeneous matrix, got shape {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise InputError(f"{name} contains NaN or Inf")
+    if np.abs(m[3] - [0.0, 0.0, 0.0, 1.0]).max() > ROTATION_TOLERANCE:
+        raise InputError(f"{name} is not affine: its last row is {m[3].tolist()}, not [0, 0, 0, 1]")
+    m[3] = [0.0, 0.0, 0.0, 1.0]
+    return m
+
+
+def _center(center: Optional[Sequence[float]]) -> np.ndarray:
+    c = np.zeros(3) if center is None else np.asarray(center, dtype=np.float64).reshape(-1)
+    if c.shape != (3,) or not np.all(np.isfinite(c)):
+        raise InputError(f"transform centre must be 3 finite numbers, got {center!r}")
+    return c
+
+
+def _nearest_rotation(a: np.ndarray) -> np.ndarray:
+    """The rotation closest to ``a``; InputError unless ``a`` is already one within tolerance."""
+    if np.abs(a.T @ a - np.eye(3)).max() > ROTATION_TOLERANCE or np.linalg.det(a) <= 0:
+        raise InputError("the matrix is not a rigid transform (its 3x3 part is not a rotation "
+                         f"within {ROTATION_TOLERANCE:g}); write it with kind='affine'")
+    u, _, vt = np.linalg.svd(a)
+    return u @ vt
+
+
+def matrix_to_sitk(matrix, center: Optional[Sequence[float]] = None, kind: str = "affine"):
+    """The SimpleITK transform that maps points exactly as ``matrix`` does (fixed LPS -> moving LPS).
+
+    ``kind="rigid"`` gives an ``Euler3DTransform`` (the rotation must be exact within 1e-4; it is
+    re-orthonormalized, so tiny round-off is not stored), ``kind="affine"`` an ``AffineTransform``.
+    ``center`` (LPS mm, default the origin) only changes the stored parameterization.
+    """
+    import SimpleITK as sitk
+
+    m = _as_matrix(matrix)
+    c = _center(center)
+    if kind == "rigid":
+        a = _nearest_rotation(m[:3, :3])
+        t = m[:3, 3] - c + a @ c  # from A x + b = A (x - c) + c + t
+        best = None
+        # Euler angles lose digits near one convention's gimbal lock; keep the closer of the two.
+        for zyx in (False, True):
+            tx = sitk.Euler3DTransform()
+            tx.SetComputeZYX(zyx)
+            tx.SetCenter(c.tolist())
+            tx.SetMatrix(a.ravel().tolist(), 1e-8)
+            tx.SetTranslation(t.tolist())
+            err = np.abs(np.array(tx.GetMatrix()).reshape(3, 3) - a).max()
+            if best is None or err < best[0]:
+                best = (err, tx)
+            if err < 1e-14:
+                break
+        return best[1]
+    if kind == "affine":
+        a = m[:3, :3]
+        t = m[:3, 3] - c + a @ c
+        tx = sitk.AffineTransform(3)
+        tx.SetCenter(c.tolist())
+        tx.SetMatrix(a.ravel().tolist())
+        tx.SetTranslation(t.tolist())
+        return tx
+    raise InputError(f"unknown transform kind {kind!r}; use 'rigid' or 'affine'")
+
+
+def write_itk_transform(path: PathLike, matrix, center: Optional[Sequence[float]] = None,
+                        kind: str = "affine") -> None:
+    """Write a fixed->moving LPS ``matrix`` as an ITK transform file (.tfm/.txt text, .h5/.hdf5).
+
+    Parent folders are created. See :func:`matrix_to_sitk` for ``center`` and ``kind``.
+    """
+    import SimpleITK as sitk
+
+    path = os.fspath(path)
+    lower = path.lower()
+    if not lower.endswith(WRITE_SUFFIXES):
+        raise InputError(f"cannot write transform file '{path}': unknown suffix; use one of "
+                         f"{', '.join(WRITE_SUFFIXES)}")
+    tx = matrix_to_sitk(matrix, center=center, kind=kind)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        sitk.WriteTransform(tx, path)
+    except (OSError, RuntimeError) as exc:
+        raise InputError(f"could not write transform file '{path}': {_error_summary(exc)}") from exc
+
+
+def read_itk_transform(path: PathLike) -> np.ndarray:
+    """The 4x4 fixed LPS -> moving LPS matrix stored in a linear ITK transform file.
+
+    Any linear ITK transform type is accepted (Euler, Versor, VersorRigid, Similarity, Affine,
+    Translation, Scale..., and composites of them, as Slicer writes to .h5). The matrix is
+    recovered from mapped points rather than per-type parameters, then checked for linearity.
+    """
+    import SimpleITK as sitk
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"transform file not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"transform path is a folder, not a transform file: {path}")
+    try:
+        tx = sitk.ReadTransform(path)
+    except RuntimeError as exc:
+        raise InputError(f"could not read transform file '{path}': not a readable ITK transform "
+                         f"file (.tfm, .txt, .h5, .mat). {_error_summary(exc)}") from exc
+    if tx.GetDimension() != 3:
+        raise InputError(f"transform file '{path}' holds a {tx.GetDimension()}-D transform; "
+                         "DISA needs a 3-D transform")
+    if not tx.IsLinear():
+        raise InputError(_NON_LINEAR_MESSAGE.format(path=path, what=_describe(tx)))
+    return _affine_from_point_map(tx.TransformPoint, path)
+
+
+def _affine_from_point_map(transform_point: Callable, path: str) -> np.ndarray:
+    """Recover x -> A x + b from a point map, then verify it on spread-out points."""
+    origin = np.array(transform_point((0.0, 0.0, 0.0)), dtype=np.float64)
+    m = np.eye(4)
+    for i in range(3):
+        unit = [0.0, 0.0, 0.0]
+        unit[i] = 1.0
+        m[:3, i] = np.array(transform_point(tuple(unit)), dtype=np.float64) - origin
+    m[:3, 3] = origin
+    # Fixed seed: the same file always gives the same verdict.
+    points = np.random.default_rng(12345).uniform(-200.0, 200.0, size=(8, 3))
+    for p in points:
+        got = np.array(transform_point(tuple(float(v) for v in p)), dtype=np.float64)
+        want = m[:3, :3] @ p + m[:3, 3]
+        scale = 1.0 + max(np.abs(p).max(), np.abs(want).max())
+        if not np.all(np.isfinite(got)) or np.abs(got - want).max() > 1e-6 * scale:
+            raise InputError(_NON_LINEAR_MESSAGE.format(
+                path=path, what="points do not move by one affine map"))
+    if not np.all(np.isfinite(m)) or abs(np.linalg.det(m[:3, :3])) < 1e-12:
+        raise InputError(f"transform file '{path}' holds a singular or non-finite transform")
+    return m
+
+
+def _describe(tx) -> str:
+    try:
+        import SimpleITK as sitk
+
+        if tx.GetTransformEnum() == sitk.sitkComposite:
+            comp = sitk.CompositeTransform(tx)
+            names = [comp.GetNthTransform(i).GetName() for i in range(comp.GetNumberOfTransforms())]
+            return "CompositeTransform of " + ", ".join(names)
+        return tx.GetName()
+    except Exception:  # only used for a message; never hide the real error behind this one
+        return "unknown type"
+
+
+def _error_summary(exc: BaseException) -> str:
+    """The informative part of an ITK/OS error: the text after 'ITK ERROR: Class(0x...):'."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if "ITK ERROR:" in line:
+            text = line.split("ITK ERROR:", 1)[1]
+            text = text.split("): ", 1)[1] if "): " in text else text
+            if i + 1 < len(lines) and text.rstrip().endswith(("Template", ":")):
+                text += " " + lines[i + 1]  # the reason is on the next line
+            return text.strip()
+    return lines[0] if lines else type(exc).__name__
+
+
+# RAS / LPS --------------------------------------------------------------------------------------
+def lps_to_ras_matrix(m) -> np.ndarray:
+    """A 4x4 that maps LPS points to LPS points, re-expressed to map RAS points to RAS points.
+
+    Conjugation by diag(-1, -1, 1, 1); the direction of the map is unchanged.
+    """
+    return _FLIP @ np.asarray(m, dtype=np.float64) @ _FLIP
+
+
+def ras_to_lps_matrix(m) -> np.ndarray:
+    """Inverse of :func:`lps_to_ras_matrix` (the same conjugation, named for readability)."""
+    return _FLIP @ np.asarray(m, dtype=np.float64) @ _FLIP
+
+
+def itk_to_slicer_to_parent_ras(m) -> np.ndarray:
+    """ITK resampling matrix (fixed LPS -> moving LPS) -> Slicer "to parent" RAS matrix.
+
+    The to-parent matrix moves the moving image onto the fixed one (moving RAS -> fixed RAS):
+    ``inv(flip @ m @ flip)``.
+    """
+    return np.linalg.inv(lps_to_ras_matrix(_as_matrix(m)))
+
+
+def slicer_to_parent_ras_to_itk(m) -> np.ndarray:
+    """Slicer "to parent" RAS matrix -> ITK resampling matrix (fixed LPS -> moving LPS)."""
+    return ras_to_lps_matrix(np.linalg.inv(_as_matrix(m)))
