@@ -267,6 +267,8 @@ for root in roots:
     if hasattr(pkg, "__path__"):
         names += [m.name for m in pkgutil.walk_packages(pkg.__path__, root + ".")]
     for name in names:
+        if name.endswith(".__main__"):  # runs the command line when imported
+            continue
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

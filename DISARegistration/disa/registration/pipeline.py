@@ -157,10 +157,11 @@ def register(fixed: Image, moving: Image, metric: Union[str, Similarity] = "lc2"
     reports: List[LevelReport] = []
     initial_similarity = final_similarity = float("nan")
 
+    evals = max_evals or default_evals(opt_name, model)
+    survivors = [x]  # the poses carried to the next level, best first
     for level, spacing in enumerate(spacings):
         t0 = time.perf_counter()
-        monitor.begin(f"level {level + 1}/{len(spacings)} ({spacing:g} mm)", level / len(spacings),
-                      (level + 1) / len(spacings), max_evals or 200)
+        stage = f"level {level + 1}/{len(spacings)} ({spacing:g} mm)"
         f_level = resample_to_spacing(fixed, spacing).to(dev)
         m_level = moving_level(moving, spacing, oversample).to(dev)
         prepared = similarity.at_scale(min(spacings) / spacing).prepare(f_level, m_level)
@@ -174,25 +175,23 @@ def register(fixed: Image, moving: Image, metric: Union[str, Similarity] = "lc2"
                     "aligns them")
             with torch.no_grad():
                 initial_similarity = float(objective.similarity(torch.as_tensor(x)[None])[0])
-        starts = [x]
-        if level == 0 and search == "global":
-            monitor.begin("global search", 0.0, 0.05, search_samples)
-            starts = list(global_search(objective.similarity, x, n=search_samples, rotation_deg=search_rotation,
-                                        translation_mm=search_translation, top_k=search_starts, seed=seed,
-                                        monitor=monitor))
-            monitor.begin(f"level 1/{len(spacings)} ({spacing:g} mm)", 0.05, 1 / len(spacings),
-                          len(starts) * (max_evals or default_evals(opt_name, model)))
-        res = None
-        for start in starts:
-            candidate = minimize(lambda p: -objective.similarity(p), start,
-                                 max_evals=max_evals or default_evals(opt_name, model), bounds=bounds,
-                                 monitor=monitor, **optimizer_scale(opt_name, spacing, level))
-            if res is None or candidate.cost < res.cost:
-                res = candidate
-        x = res.x
-        final_similarity = -res.cost
-        reports.append(LevelReport(float(spacing), res.n_evals, final_similarity, time.perf_counter() - t0,
-                                   res.message))
+            if search == "global":
+                monitor.begin("global search", 0.0, 0.05, search_samples)
+                survivors = list(global_search(objective.similarity, x, n=search_samples,
+                                               rotation_deg=search_rotation, translation_mm=search_translation,
+                                               top_k=search_starts, seed=seed, monitor=monitor))
+        span = (max(level / len(spacings), 0.05 if search == "global" else 0.0), (level + 1) / len(spacings))
+        monitor.begin(stage, span[0], span[1], len(survivors) * evals)
+        results = [minimize(lambda p: -objective.similarity(p), start, max_evals=evals, bounds=bounds,
+                            monitor=monitor, **optimizer_scale(opt_name, spacing, level)) for start in survivors]
+        results.sort(key=lambda r: r.cost)
+        # Two distinct candidates go on: a coarse level cannot always tell the right optimum
+        # from a near one, the next, finer level can.
+        survivors = [r.x for r in _distinct(results, KEEP_CANDIDATES)]
+        best = results[0]
+        x, final_similarity = best.x, -best.cost
+        reports.append(LevelReport(float(spacing), sum(r.n_evals for r in results), final_similarity,
+                                   time.perf_counter() - t0, best.message))
 
     matrix = initial @ model.matrix(torch.as_tensor(x))[0].cpu().numpy()
     if progress is not None:
@@ -218,6 +217,21 @@ def moving_level(moving: Image, spacing: float, oversample: int = 2) -> Image:
     if oversample > 1 and n_voxels <= MAX_OVERSAMPLED_VOXELS:
         return resample_to_spacing(moving, spacing / oversample, resolution=spacing)
     return resample_to_spacing(moving, spacing)
+
+
+#: Candidate poses carried from one level to the next.
+KEEP_CANDIDATES = 2
+
+
+def _distinct(results, k: int, tolerance: float = 0.5):
+    """The best ``k`` results whose parameters differ by more than ``tolerance`` (deg, mm, %)."""
+    kept = []
+    for r in results:
+        if all(np.abs(r.x - other.x).max() > tolerance for other in kept):
+            kept.append(r)
+        if len(kept) == k:
+            break
+    return kept
 
 
 def default_evals(optimizer: str, model) -> int:
