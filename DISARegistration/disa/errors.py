@@ -11,3 +11,15 @@ class InputError(DISAError, ValueError):
 
 class CancelledError(DISAError):
     """A run was cancelled by its caller; no output was written."""
+
+
+def existing_file(path, what: str) -> str:
+    """``path`` as a string if it names an existing file; else InputError naming ``what``."""
+    import os
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"{what} file not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"{what} path is a folder, not a file: {path}")
+    return path

@@ -17,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, existing_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -67,9 +67,7 @@ def _to_lps(points: np.ndarray, system: str) -> np.ndarray:
 
 
 def _read_text(path: PathLike) -> str:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(f"landmark file not found: {path}")
+    path = existing_file(path, "landmark")
     try:
         with open(path, "r", encoding="utf-8-sig") as f:
             return f.read()

@@ -24,8 +24,8 @@ class Objective:
     def __init__(self, prepared: Prepared, fixed: Image, moving: Image, model: LinearModel,
                  initial: Optional[np.ndarray] = None, chunk: int = 8):
         self.prepared = prepared
-        self.fixed = fixed
-        self.moving = moving
+        self.fixed = prepared.fixed_grid if prepared.fixed_grid is not None else fixed
+        self.moving = prepared.moving_grid if prepared.moving_grid is not None else moving
         self.model = model
         self.device = prepared.moving.device
         self.initial = torch.as_tensor(np.eye(4) if initial is None else initial, dtype=torch.float64,

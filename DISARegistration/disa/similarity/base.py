@@ -23,11 +23,20 @@ from ..spatial import Image
 
 
 class Prepared:
-    """Per-level state of a similarity: fixed-side tensors and the moving features to warp."""
+    """Per-level state of a similarity: fixed-side tensors and the moving features to warp.
 
-    def __init__(self, moving: torch.Tensor, fixed_mask: Optional[torch.Tensor]):
+    By default the features live on the grids of the level images given to ``prepare``. A
+    measure whose features live elsewhere (e.g. descriptors at a stride) sets
+    ``fixed_grid``/``moving_grid`` to images with the matching geometry; the objective then
+    samples on those grids.
+    """
+
+    def __init__(self, moving: torch.Tensor, fixed_mask: Optional[torch.Tensor],
+                 fixed_grid: Optional[Image] = None, moving_grid: Optional[Image] = None):
         self.moving = moving
         self.fixed_mask = fixed_mask
+        self.fixed_grid = fixed_grid
+        self.moving_grid = moving_grid
 
     def evaluate(self, warped: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError
+from ..errors import InputError, existing_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -134,11 +134,7 @@ def load_image(path: PathLike, name: str = "image") -> Image:
     """Read a 3-D scalar volume (NIfTI, NRRD, MHA) and check that it can be registered."""
     import SimpleITK as sitk
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"{name} file not found: {path}")
-    if os.path.isdir(path):
-        raise InputError(f"{name} path is a folder, not an image file: {path}")
+    path = existing_file(path, name)
     try:
         img = sitk.ReadImage(path)
     except RuntimeError as exc:

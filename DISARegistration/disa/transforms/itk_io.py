@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, existing_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -141,11 +141,7 @@ def read_itk_transform(path: PathLike) -> np.ndarray:
     """
     import SimpleITK as sitk
 
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"transform file not found: {path}")
-    if os.path.isdir(path):
-        raise InputError(f"transform path is a folder, not a transform file: {path}")
+    path = existing_file(path, "transform")
     try:
         tx = sitk.ReadTransform(path)
     except RuntimeError as exc:
