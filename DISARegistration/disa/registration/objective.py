@@ -31,7 +31,7 @@ class Objective:
         self.initial = torch.as_tensor(np.eye(4) if initial is None else initial, dtype=torch.float64,
                                        device=self.device)
         self.chunk = chunk
-        self.moving_mask = None if moving.mask is None else moving.mask.float().to(self.device)
+        self.moving_mask = None if self.moving.mask is None else self.moving.mask.float().to(self.device)
         self.n_evals = 0
 
     def matrices(self, params: torch.Tensor) -> torch.Tensor:
