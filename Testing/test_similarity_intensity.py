@@ -172,13 +172,17 @@ def ref_mi(f, mov, fmask, mmask, warped, region, bins, kernel, sigma, voxels=Non
     mlo, mhi = np.percentile(mov[mmask], [0.5, 99.5])
     idx = np.arange(f.size) if voxels is None else voxels
     out = []
+    outside = np.zeros(bins + 1)
+    outside[-1] = 1.0  # fixed-mask points outside the moving image: their own moving bin
     for b in range(warped.shape[0]):
-        h = np.zeros((bins, bins))
-        fv, mv, rv = f.ravel(), warped[b, 0].ravel(), region[b].ravel()
+        h = np.zeros((bins, bins + 1))
+        fv, mv, rv, fmv = f.ravel(), warped[b, 0].ravel(), region[b].ravel(), fmask.ravel()
         for i in idx:
             if rv[i] > 0:
                 h += rv[i] * np.outer(parzen_np(fv[i], flo, fhi, bins, kernel, sigma),
-                                      parzen_np(mv[i], mlo, mhi, bins, kernel, sigma))
+                                      np.append(parzen_np(mv[i], mlo, mhi, bins, kernel, sigma), 0.0))
+            elif fmv[i]:
+                h += np.outer(parzen_np(fv[i], flo, fhi, bins, kernel, sigma), outside)
         p = h / h.sum()
         pf, pm = p.sum(1), p.sum(0)
         nz = p > 0

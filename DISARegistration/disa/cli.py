@@ -14,7 +14,8 @@ from typing import List, Optional
 
 from .errors import CancelledError, DISAError
 
-METRICS_HELP = ("similarity: lc2 (exact LC2, BOBYQA), mind (MIND-SSC, L-BFGS), mi (Parzen mutual "
+METRICS_HELP = ("similarity: lc2 (exact LC2, BOBYQA), disa (learned DISA-LC2 descriptors; needs the "
+                "trained weights in Resources/Models), mind (MIND-SSC, L-BFGS), mi (Parzen mutual "
                 "information), ncc, lncc (local NCC), ngf (normalized gradient fields), mse, or a "
                 "weighted sum such as 0.5*lc2+0.5*mind")
 
@@ -137,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_benchmark)
+
+    from .train import add_train_arguments  # argparse only; torch loads when the command runs
+
+    p = sub.add_parser("train", help="train the DISA-LC2 descriptor network from unregistered volume pairs",
+                       description="Sample LC2-labelled patch pairs from unregistered volume pairs (--build: brain "
+                                   "templates with synthetic appearances, real ultrasound, or your own --pair A B) and "
+                                   "train the DISA network; writes a checkpoint per epoch and OUTPUT_DIR/disa_lc2.pt "
+                                   "with its model card (.json).")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 
@@ -190,6 +201,12 @@ def cmd_benchmark(args) -> int:
     run_benchmark(runs=args.runs, max_rotation=args.max_rotation, max_translation=args.max_translation,
                   methods=methods, output_dir=args.output_dir, seed=args.seed, device=args.device)
     return 0
+
+
+def cmd_train(args) -> int:
+    from .train import run_from_args
+
+    return run_from_args(args)
 
 
 def write_resampled(moving_path, fixed_path, matrix, out_path):

@@ -13,8 +13,10 @@ from .ncc import NCC, LNCC, ncc, lncc  # noqa: F401
 from .ngf import NGF  # noqa: F401
 from .mse import MSE  # noqa: F401
 from .combined import Combined  # noqa: F401
+from .disa import DISA  # noqa: F401
 
-REGISTRY = {"lc2": LC2, "mind": MIND, "mi": MutualInformation, "ncc": NCC, "lncc": LNCC, "ngf": NGF, "mse": MSE}
+REGISTRY = {"lc2": LC2, "mind": MIND, "mi": MutualInformation, "ncc": NCC, "lncc": LNCC, "ngf": NGF, "mse": MSE,
+            "disa": DISA}
 
 
 def make_similarity(spec: str) -> Similarity:

@@ -17,7 +17,7 @@ from typing import Sequence, Tuple
 
 import torch
 
-from ..spatial import Image
+from ..spatial import Image, crop_to_mask
 from .base import Prepared, Similarity, fixed_mask_of
 from ..spatial.filters import box_mean, gradient_magnitude
 
@@ -85,8 +85,9 @@ def lc2(fixed: torch.Tensor, moving: torch.Tensor, gradient: torch.Tensor, valid
 
 
 class PreparedLC2(Prepared):
-    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, fixed_mask, radii, power=1.0, min_fraction=0.5):
-        super().__init__(moving, fixed_mask)
+    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, fixed_mask, radii, power=1.0, min_fraction=0.5,
+                 fixed_grid=None):
+        super().__init__(moving, fixed_mask, fixed_grid=fixed_grid)
         self.fixed = fixed[None]
         self.radii = tuple(radii)
         self.min_fraction = min_fraction
@@ -118,5 +119,7 @@ class LC2(Similarity):
     def prepare(self, fixed: Image, moving: Image) -> PreparedLC2:
         m = moving.data[:1].float()
         feats = torch.cat([m, gradient_magnitude(m, moving.spacing)], dim=0)
-        return PreparedLC2(fixed.data[:1].float(), feats, fixed_mask_of(fixed), self.radii,
-                           self.weight_power, self.min_fraction)
+        # Voxels outside the fixed mask never enter a patch, so the mask's bounding box is exact.
+        box = crop_to_mask(fixed)
+        return PreparedLC2(box.data[:1].float(), feats, fixed_mask_of(box), self.radii,
+                           self.weight_power, self.min_fraction, fixed_grid=box)

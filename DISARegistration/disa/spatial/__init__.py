@@ -9,4 +9,5 @@ from .image import (  # noqa: F401
     resample_image,
     foreground_mask,
     pyramid,
+    crop_to_mask,
 )

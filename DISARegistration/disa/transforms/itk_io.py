@@ -150,9 +150,14 @@ def read_itk_transform(path: PathLike) -> np.ndarray:
     if tx.GetDimension() != 3:
         raise InputError(f"transform file '{path}' holds a {tx.GetDimension()}-D transform; "
                          "DISA needs a 3-D transform")
+    return sitk_to_matrix(tx, path)
+
+
+def sitk_to_matrix(tx, name: str = "transform") -> np.ndarray:
+    """The 4x4 of a linear 3-D SimpleITK transform (any type, composites included)."""
     if not tx.IsLinear():
-        raise InputError(_NON_LINEAR_MESSAGE.format(path=path, what=_describe(tx)))
-    return _affine_from_point_map(tx.TransformPoint, path)
+        raise InputError(_NON_LINEAR_MESSAGE.format(path=name, what=_describe(tx)))
+    return _affine_from_point_map(tx.TransformPoint, name)
 
 
 def _affine_from_point_map(transform_point: Callable, path: str) -> np.ndarray:

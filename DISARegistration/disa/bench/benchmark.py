@@ -1,0 +1,480 @@
+"""``disa benchmark``: accuracy and speed on RESECT Case 24 against SimpleITK and elastix.
+
+The T1 MR (moving) is moved by N seeded rigid perturbations (a header-only change, so the
+truth is exact) and registered back to the ultrasound (fixed) by every method from the same
+start (the identity). Per run: TRE (mean tag-landmark error after registration, mm) and wall
+seconds. Prints a Markdown report and writes ``results.json`` and ``results.md``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import CancelledError, InputError
+
+#: Methods in report order; the first three are this engine's.
+METHODS = ("lc2", "mind", "mi", "sitk-mi", "elastix")
+ENGINE_METHODS = ("lc2", "mind", "mi")
+OPTIMIZERS = {
+    "lc2": "global search + BOBYQA, 2 levels",
+    "mind": "global search + L-BFGS, 2 levels",
+    "mi": "global search + L-BFGS, 2 levels",
+    "sitk-mi": "RSGD, 3 levels",
+    "elastix": "ASGD, 4 levels",
+}
+
+#: The issue's targets.
+LC2_MEDIAN_MM, LC2_SHARE_5MM = 3.0, 0.90
+MIND_MEDIAN_MM, MIND_MAX_MM = 2.5, 5.0
+LC2_EVAL_MS = 40.0
+
+
+# helpers ----------------------------------------------------------------------------------------
+def _versions() -> Dict[str, Optional[str]]:
+    from importlib import metadata
+
+    out: Dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in ("disa-registration", "torch", "numpy", "scipy", "SimpleITK", "Py-BOBYQA", "itk-elastix", "itk"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _load() -> Optional[List[float]]:
+    """1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [float(v) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def _threading_env() -> Dict[str, str]:
+    """Environment variables that change how torch/ITK threads behave (recorded, never set)."""
+    names = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS",
+             "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS")
+    return {k: os.environ[k] for k in names if k in os.environ}
+
+
+def _check_methods(methods: Optional[Sequence[str]]) -> List[str]:
+    if methods is None:
+        return list(METHODS)
+    chosen = [str(m).strip().lower() for m in methods if str(m).strip()]
+    unknown = [m for m in chosen if m not in METHODS]
+    if unknown:
+        raise InputError(f"unknown benchmark method(s) {', '.join(map(repr, unknown))}; "
+                         f"choose from {', '.join(METHODS)}")
+    if not chosen:
+        raise InputError(f"no benchmark method given; choose from {', '.join(METHODS)}")
+    return [m for m in METHODS if m in chosen]
+
+
+def perturbations(runs: int, max_rotation: float, max_translation: float, seed: int, center) -> List[dict]:
+    """The seeded perturbations: the same draws as ``sample_data.random_rigid`` (rotation vector
+    in degrees, then translation in mm, each component uniform in +-max), about ``center``."""
+    from ..sample_data import rigid_matrix
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(runs):
+        rot = rng.uniform(-max_rotation, max_rotation, 3)
+        trans = rng.uniform(-max_translation, max_translation, 3)
+        out.append({"run": i + 1, "rotation_vector_deg": rot.tolist(), "translation_mm": trans.tolist(),
+                    "rotation_deg": float(np.linalg.norm(rot)), "translation_norm_mm": float(np.linalg.norm(trans)),
+                    "matrix": rigid_matrix(rot, trans, center)})
+    return out
+
+
+def time_lc2_evaluation(fixed, moving, device, repeats: int = 20, warmup: int = 3) -> dict:
+    """Seconds of one exact LC² evaluation (radii 3, 5, 7) at 1 mm working spacing: median of
+    ``repeats`` evaluations after ``warmup``, as the optimizer calls it (no gradients)."""
+    import torch
+
+    from ..registration import Objective
+    from ..registration.pipeline import moving_level, prepare_image, resolve_device
+    from ..similarity.lc2 import LC2
+    from ..spatial import resample_to_spacing
+    from ..transforms import make_model
+
+    dev = resolve_device(device)
+    fixed_p = prepare_image(fixed, "fixed image")
+    f_level = resample_to_spacing(fixed_p, 1.0).to(dev)
+    m_level = moving_level(prepare_image(moving, "moving image"), 1.0).to(dev)
+    similarity = LC2((3, 5, 7))
+    objective = Objective(similarity.prepare(f_level, m_level), f_level, m_level, make_model("rigid", fixed_p.center()))
+    x = torch.as_tensor(objective.model.identity(), dtype=torch.float64)[None]
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times = []
+    with torch.no_grad():
+        for k in range(warmup + repeats):
+            sync()
+            t0 = time.perf_counter()
+            value = float(objective.similarity(x)[0])
+            sync()
+            if k >= warmup:
+                times.append(time.perf_counter() - t0)
+    return {"median_ms": 1e3 * float(np.median(times)), "min_ms": 1e3 * float(np.min(times)),
+            "times_ms": [1e3 * t for t in times], "radii": list(similarity.radii), "spacing_mm": 1.0,
+            "fixed_grid_zyx": list(f_level.shape), "moving_grid_zyx": list(m_level.shape),
+            "device": str(dev), "value_at_truth": value}
+
+
+def summarize(tres: Sequence[float], seconds: Sequence[float]) -> dict:
+    """Statistics over runs; a failed run (NaN) counts as a miss and as +inf in the median."""
+    t = np.asarray(tres, dtype=np.float64)
+    ok = t[np.isfinite(t)]
+    n = len(t)
+    ranked = np.where(np.isfinite(t), t, np.inf)
+    s = np.asarray(seconds, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    return {"runs": n, "failed": int(n - ok.size),
+            "mean_tre": float(ok.mean()) if ok.size else math.nan,
+            "median_tre": float(np.median(ranked)) if n else math.nan,
+            "share_below_2mm": float((ok < 2.0).sum() / n) if n else math.nan,
+            "share_below_5mm": float((ok < 5.0).sum() / n) if n else math.nan,
+            "max_tre": float(ok.max()) if ok.size else math.nan,
+            "mean_seconds": float(s.mean()) if s.size else math.nan,
+            "median_seconds": float(np.median(s)) if s.size else math.nan}
+
+
+def _fmt(v, spec=".2f", suffix="") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:{spec}}{suffix}"
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None or math.isnan(v) else f"{100 * v:.0f}%"
+
+
+# the driver -------------------------------------------------------------------------------------
+class _Runner:
+    """One method: ``warm_up()`` (untimed) then ``__call__(moved) -> (matrix, seconds, info)``."""
+
+    def __init__(self, method: str, fixed, fixed_mask: np.ndarray, device: str, seed: int):
+        self.method, self.fixed, self.fixed_mask, self.device, self.seed = method, fixed, fixed_mask, device, seed
+        self.worker = None
+
+    def available(self) -> Optional[str]:
+        if self.method != "elastix":
+            return None
+        from .peers import ElastixCrashed, ElastixWorker, elastix_available
+
+        self.worker = ElastixWorker()
+        try:
+            reason = self.worker.pool.submit(elastix_available).result()
+        except Exception as exc:  # the child could not even start or import
+            reason = f"itk-elastix unavailable ({type(exc).__name__}: {exc})"
+        if reason is not None:
+            self.close()
+        return reason
+
+    def warm_up(self, moved) -> None:
+        if self.method in ENGINE_METHODS:  # torch kernels, optimizer imports
+            from ..registration import register
+
+            register(self.fixed, moved, metric=self.method, search="local", spacings=[4.0], max_evals=15,
+                     device=self.device, seed=0)
+        else:
+            self(moved)
+
+    def __call__(self, moved):
+        if self.method in ENGINE_METHODS:
+            from ..registration import register
+
+            t0 = time.perf_counter()
+            r = register(self.fixed, moved, metric=self.method, device=self.device, seed=0)
+            seconds = time.perf_counter() - t0
+            return r.matrix, seconds, {"engine_seconds": r.seconds, "final_similarity": r.final_similarity,
+                                       "evaluations": [lv.evaluations for lv in r.levels], "device": r.device}
+        if self.method == "sitk-mi":
+            from .peers import register_sitk_mi
+
+            r = register_sitk_mi(self.fixed, moved, self.fixed_mask, seed=self.seed)
+        else:
+            r = self.worker.run(self.fixed, moved, self.fixed_mask, seed=self.seed)
+        return r.matrix, r.seconds, dict(r.info)
+
+    def close(self):
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
+def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: float = 10.0,
+                  methods: Optional[Sequence[str]] = None, output_dir="bench-results", seed: int = 0,
+                  device: str = "auto", data_dir=None, print_fn: Callable[[str], None] = print,
+                  log=None) -> dict:
+    """Run the benchmark, print the report with ``print_fn``, write results.json/results.md.
+
+    ``methods`` None runs every available method (elastix only with itk-elastix installed);
+    an unknown name raises InputError. Progress lines go to ``log`` (default stderr).
+    """
+    import torch
+
+    from ..evaluate import error_statistics, read_landmarks, registration_errors, transform_points
+    from ..registration.pipeline import resolve_device
+    from ..sample_data import case24, move_image
+    from ..spatial import foreground_mask, load_image
+
+    log = sys.stderr if log is None else log
+    chosen = _check_methods(methods)
+    if int(runs) < 1:
+        raise InputError(f"runs must be at least 1, got {runs}")
+    if not (max_rotation >= 0 and max_translation >= 0):
+        raise InputError("max rotation and max translation must be >= 0")
+    resolve_device(device)  # fail early on a bad device
+
+    def progress(msg: str):
+        log.write(msg + "\n")
+        log.flush()
+
+    load_before, started = _load(), time.perf_counter()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        case = case24(data_dir)
+        fixed = load_image(case.fixed, "fixed image")
+        moving = load_image(case.moving, "moving image")
+        fixed_lm = read_landmarks(case.fixed_landmarks)
+        moving_lm = read_landmarks(case.moving_landmarks)
+        mask = foreground_mask(fixed, "auto")
+        fixed_mask = None if mask is None else mask[0].cpu().numpy()
+        floor = error_statistics(registration_errors(np.eye(4), fixed_lm, moving_lm))
+
+        progress("timing one exact LC2 evaluation at 1 mm ...")
+        lc2_eval = time_lc2_evaluation(fixed, moving, device)
+        progress(f"LC2 evaluation: median {lc2_eval['median_ms']:.1f} ms")
+
+        cases = perturbations(int(runs), float(max_rotation), float(max_translation), seed, moving.center())
+        for c in cases:
+            c["moving_landmarks"] = transform_points(c["matrix"], moving_lm.points)
+            c["initial_tre"] = error_statistics(registration_errors(np.eye(4), fixed_lm, c["moving_landmarks"]))
+
+        # Runs are interleaved (run 1 of every method, then run 2, ...) so that a change in the
+        # machine's load during the benchmark affects all methods alike.
+        from .peers import ElastixCrashed
+
+        results: Dict[str, dict] = {}
+        runners: Dict[str, _Runner] = {}
+        try:
+            for method in chosen:
+                runner = _Runner(method, fixed, fixed_mask, device, seed)
+                entry = {"optimizer": OPTIMIZERS[method], "available": True, "runs": []}
+                results[method] = entry
+                reason = runner.available()
+                if reason is not None:
+                    entry.update(available=False, reason=reason)
+                    progress(f"[{method}] skipped: {reason}")
+                    continue
+                runners[method] = runner
+                progress(f"[{method}] warm-up (untimed) ...")
+                try:
+                    runner.warm_up(move_image(moving, cases[0]["matrix"]))
+                except (KeyboardInterrupt, CancelledError):
+                    raise
+                except ElastixCrashed as exc:
+                    entry.update(available=False, reason=str(exc))
+                    progress(f"[{method}] crashed: {exc}; skipping it")
+                    runners.pop(method).close()
+                except Exception as exc:
+                    entry["warm_up_error"] = f"{type(exc).__name__}: {exc}"
+            for c in cases:
+                moved = move_image(moving, c["matrix"])
+                for method, runner in list(runners.items()):
+                    entry = results[method]
+                    record = {"run": c["run"]}
+                    try:
+                        matrix, seconds, info = runner(moved)
+                        errors = registration_errors(matrix, fixed_lm, c["moving_landmarks"])
+                        record.update(tre=float(errors.mean()), tre_median_landmark=float(np.median(errors)),
+                                      tre_max_landmark=float(errors.max()), seconds=float(seconds),
+                                      matrix=np.asarray(matrix).tolist(), info=info)
+                        progress(f"[{method}] run {c['run']}/{len(cases)}: TRE {record['tre']:.2f} mm "
+                                 f"(initial {c['initial_tre']['mean']:.2f}), {seconds:.1f} s")
+                    except (KeyboardInterrupt, CancelledError):
+                        raise
+                    except ElastixCrashed as exc:
+                        entry.update(available=False, reason=str(exc))
+                        progress(f"[{method}] crashed: {exc}; skipping its remaining runs")
+                        runners.pop(method).close()
+                        continue
+                    except Exception as exc:
+                        record.update(tre=math.nan, seconds=math.nan, error=f"{type(exc).__name__}: {exc}")
+                        progress(f"[{method}] run {c['run']}/{len(cases)}: FAILED ({record['error']})")
+                    entry["runs"].append(record)
+        finally:
+            for runner in runners.values():
+                runner.close()
+        for entry in results.values():
+            if entry.get("available") or entry["runs"]:
+                entry["summary"] = summarize([r["tre"] for r in entry["runs"]], [r["seconds"] for r in entry["runs"]])
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    initial = summarize([c["initial_tre"]["mean"] for c in cases], [])
+    machine = {"cpu_count": os.cpu_count(), "load_before": load_before, "load_after": _load(),
+               "total_seconds": time.perf_counter() - started}
+    report = build_report(results, initial, floor, lc2_eval, dict(runs=int(runs), max_rotation=max_rotation,
+                          max_translation=max_translation, seed=seed, device=str(resolve_device(device))),
+                          n_landmarks=len(fixed_lm.points), machine=machine)
+    data = {
+        "benchmark": "disa benchmark: RESECT Case 24, US (fixed) <- T1 MR (moving), rigid",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "settings": {"runs": int(runs), "max_rotation_deg": float(max_rotation),
+                     "max_translation_mm": float(max_translation), "seed": int(seed), "device": device,
+                     "methods": chosen},
+        "environment": {"cpu_count": os.cpu_count(), "torch_threads": os.cpu_count() or 1,
+                        "threading_env": _threading_env(),
+                        "load_average_before": load_before, "load_average_after": machine["load_after"],
+                        "total_seconds": machine["total_seconds"],
+                        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "versions": _versions()},
+        "tre_floor_at_truth": floor,
+        "initial": initial,
+        "lc2_evaluation": lc2_eval,
+        "perturbations": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in c.items()
+                           if k != "moving_landmarks"} for c in cases],
+        "methods": results,
+        "targets": report["targets"],
+        "report_markdown": report["markdown"],
+    }
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "results.json", "w") as fh:
+        json.dump(data, fh, indent=2, default=_json_default)
+    (out / "results.md").write_text(report["markdown"] + "\n", encoding="utf-8")
+    print_fn(report["markdown"])
+    print_fn(f"\nwrote {out / 'results.json'} and {out / 'results.md'}")
+    return data
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+# the report -------------------------------------------------------------------------------------
+def _targets(results: Dict[str, dict], lc2_eval: dict) -> List[dict]:
+    def verdict(method, check):
+        entry = results.get(method)
+        if entry is None or not entry.get("available", False) or "summary" not in entry:
+            return "NOT RUN", None
+        return ("PASS" if check(entry["summary"]) else "FAIL"), entry["summary"]
+
+    out = []
+    v, s = verdict("lc2", lambda s: s["median_tre"] < LC2_MEDIAN_MM and s["share_below_5mm"] >= LC2_SHARE_5MM)
+    out.append({"target": f"LC2: median TRE < {LC2_MEDIAN_MM:g} mm and >= {100 * LC2_SHARE_5MM:.0f}% of runs < 5 mm",
+                "measured": None if s is None else f"median {s['median_tre']:.2f} mm, {100 * s['share_below_5mm']:.0f}% < 5 mm",
+                "verdict": v})
+    v, s = verdict("mind", lambda s: s["median_tre"] < MIND_MEDIAN_MM and s["failed"] == 0
+                   and s["max_tre"] < MIND_MAX_MM)
+    out.append({"target": f"MIND: median TRE < {MIND_MEDIAN_MM:g} mm and all runs < {MIND_MAX_MM:g} mm",
+                "measured": None if s is None else f"median {s['median_tre']:.2f} mm, max {s['max_tre']:.2f} mm",
+                "verdict": v})
+    ms = lc2_eval["median_ms"]
+    out.append({"target": f"one exact LC2 evaluation (radii 3,5,7, 1 mm grid) < {LC2_EVAL_MS:g} ms",
+                "measured": f"{ms:.1f} ms on {lc2_eval['device']}", "verdict": "PASS" if ms < LC2_EVAL_MS else "FAIL"})
+    return out
+
+
+def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval: dict, settings: dict,
+                 n_landmarks: int, machine: Optional[dict] = None) -> dict:
+    """The Markdown report (table, notes, targets) and the targets' verdicts."""
+    engine_medians = [results[m]["summary"]["median_tre"] for m in ENGINE_METHODS
+                      if m in results and results[m].get("summary") and results[m]["summary"]["runs"]]
+    best = min(engine_medians) if engine_medians else math.nan
+    sitk = results.get("sitk-mi", {}).get("summary")
+    sitk_s = sitk["median_seconds"] if sitk else math.nan
+
+    lines = ["# disa benchmark: RESECT Case 24, ultrasound (fixed) <- T1 MR (moving), rigid", "",
+             f"{settings['runs']} seeded perturbations (seed {settings['seed']}): rotation-vector components "
+             f"uniform in +-{settings['max_rotation']:g} deg, translations uniform in +-{settings['max_translation']:g} mm "
+             f"per axis, about the MR centre. Torch device {settings['device']}, {os.cpu_count()} CPU cores.", "",
+             f"- TRE before registration (mean of {n_landmarks} landmarks, over runs): mean {initial['mean_tre']:.2f} mm, "
+             f"median {initial['median_tre']:.2f} mm, max {initial['max_tre']:.2f} mm",
+             f"- TRE at the truth (identity on the unperturbed pair; the landmarks' floor): {floor['mean']:.2f} mm",
+             f"- one exact LC2 evaluation (radii {','.join(map(str, lc2_eval['radii']))}, 1 mm grid "
+             f"{'x'.join(map(str, lc2_eval['fixed_grid_zyx']))}): median {lc2_eval['median_ms']:.1f} ms "
+             f"(min {lc2_eval['min_ms']:.1f} ms, {len(lc2_eval['times_ms'])} evaluations)", "",
+             "| method | optimizer | mean TRE (mm) | median TRE (mm) | < 2 mm | < 5 mm | max TRE (mm) "
+             "| median s / registration | median TRE / best DISA-engine median | time / sitk-mi time |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    unavailable = []
+    for method, entry in results.items():
+        if not entry.get("available", True) and not entry.get("runs"):
+            unavailable.append(f"{method}: {entry.get('reason')}")
+            lines.append(f"| {method} | {entry['optimizer']} | unavailable | | | | | | | |")
+            continue
+        s = entry["summary"]
+        name = method
+        if s["failed"]:
+            name += f" ({s['failed']} failed)"
+        if not entry.get("available", True):
+            name += " (crashed, partial)"
+            unavailable.append(f"{method}: {entry.get('reason')}")
+        lines.append(f"| {name} | {entry['optimizer']} | {_fmt(s['mean_tre'])} | {_fmt(s['median_tre'])} | "
+                     f"{_pct(s['share_below_2mm'])} | {_pct(s['share_below_5mm'])} | {_fmt(s['max_tre'])} | "
+                     f"{_fmt(s['median_seconds'], '.1f')} | {_fmt(s['median_tre'] / best if best else math.nan)} | "
+                     f"{_fmt(s['median_seconds'] / sitk_s if sitk_s else math.nan)} |")
+    notes = [
+        "TRE: mean distance (mm) between the ultrasound tag landmarks mapped through the result and the moved MR "
+        "landmarks; a run counts in '< 2 mm'/'< 5 mm' when its TRE is below. Failed runs (exceptions) count as "
+        "misses and as +inf in the median; mean and max are over finished runs.",
+        "Every method starts at the identity (the perturbed MR header) with the rotation centre at the ultrasound "
+        "centre. sitk-mi is not initialized with CenteredTransformInitializer(GEOMETRY): the MR was resliced onto "
+        "the ultrasound grid, so aligning the box centres would undo the perturbation's translation exactly, an "
+        "oracle no real case offers.",
+        "lc2/mind/mi: disa.registration.register with its defaults (global search of 256 poses within +-10 deg/"
+        "+-15 mm at 2 mm, best 4 refined, then 1 mm; automatic ultrasound fan mask).",
+        "sitk-mi: SimpleITK ImageRegistrationMethod, Mattes MI (50 bins), random sampling 15% (fixed seed), "
+        "linear interpolation, Euler3DTransform, RegularStepGradientDescent (learning rate 2, min step 1e-4, "
+        "200 iterations, relaxation 0.5) with physical-shift scales, shrink 4/2/1, smoothing 2/1/0 voxels.",
+        "elastix: itk-elastix default 'rigid' parameter map (EulerTransform, AdvancedMattesMutualInformation, "
+        "AdaptiveStochasticGradientDescent, 4 levels, 2048 samples, 256 iterations), RandomSeed fixed, "
+        "ImageSampler RandomSparseMask (elastix's RandomCoordinate sampler rejects masks on oblique grids).",
+        "sitk-mi and elastix get the same fixed mask the engine derives automatically (non-zero ultrasound fan).",
+        "Seconds: wall time per registration from in-memory images to the 4x4 matrix, each tool's own "
+        "preprocessing included (image conversion for the peers, pyramids and features for the engine), after "
+        "one untimed warm-up per method; runs are interleaved across methods. The table shows the median over "
+        "runs (robust to load spikes on a shared machine); results.json also holds the mean and every run. "
+        "Torch uses all CPU cores; SimpleITK and elastix use ITK's default (all cores). elastix runs in a "
+        "child process (crash isolation); its time is measured inside it.",
+        f"Ratios: each method's median TRE over the best median of the engine's methods (lc2, mind, mi) in this run"
+        f" ({_fmt(best)} mm); each method's median s/registration over sitk-mi's ({_fmt(sitk_s, '.1f')} s) in this run.",
+    ]
+    machine = machine or {}
+    load = machine.get("load_before")
+    if load is not None:
+        busy = load[0] >= 0.5
+        notes.append(f"Machine: {machine.get('cpu_count')} CPU cores, load average {load[0]:.2f} before the run"
+                     + (" -- other processes were using the CPU, so the seconds are inflated (torch's spinning "
+                        "OpenMP threads suffer most from sharing cores)" if busy else "")
+                     + f"; whole benchmark {machine.get('total_seconds', math.nan) / 60:.1f} min."
+                     + "".join(f" {k}={v}." for k, v in _threading_env().items()))
+    notes += [f"Unavailable: {u}" for u in unavailable]
+    for method, entry in results.items():
+        if entry.get("warm_up_error"):
+            notes.append(f"{method}: warm-up raised {entry['warm_up_error']}")
+    lines += ["", "Notes:"] + [f"- {n}" for n in notes]
+    targets = _targets(results, lc2_eval)
+    lines += ["", "Targets (from the issue):"]
+    for t in targets:
+        measured = t["measured"] or "not measured"
+        lines.append(f"- {t['verdict']}: {t['target']} (measured: {measured})")
+    return {"markdown": "\n".join(lines), "targets": targets}

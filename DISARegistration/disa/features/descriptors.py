@@ -1,0 +1,272 @@
+"""Dense DISA descriptors of a volume, on a grid whose physical geometry is exact.
+
+``compute_descriptors(image, model)`` normalizes the intensities (zero mean, unit standard
+deviation over the image mask, or over all voxels), optionally resamples to a working spacing,
+and runs :class:`~disa.features.network.DISANet` once. It returns a 16-channel
+:class:`~disa.spatial.Image`:
+
+- stride 4 (the network's own): descriptor m sits on input voxel 4m (see ``network.py``), so
+  the grid has the input's origin and direction and 4x its spacing. An axis of n voxels gives
+  ``ceil((n - 1) / 4) + 1`` descriptors: the input is extended at the far end by replicating its
+  last slice so the grid reaches (or passes, by < 4 voxels) the last input voxel and no border
+  voxel is lost. Descriptors past the last input voxel lie outside the returned mask.
+- stride 2 and 1 (the paper's Table 2): the network also runs on the input shifted by 2 (or
+  1, 2, 3) voxels along each axis; run d gives the descriptors at input voxels d + 4k, which are
+  interleaved into one grid of spacing 2x (1x). That costs 8 (64) network runs.
+
+Large volumes run in tiles whose halos cover the receptive field (24 input voxels each side,
+tile starts on multiples of 4), so tiled output equals whole-volume output to float rounding.
+On CUDA the network runs under float16 autocast by default (bfloat16 on request); on the CPU it
+stays float32. Descriptors come back as float32.
+
+8-bit storage (the paper quantizes its features): descriptor norms are <= 1, so every
+component lies in [-1, 1] and one fixed symmetric scale fits all volumes: q = round(127 x) + 128
+as uint8, x ~ (q - 128) / 127, error <= 0.5 / 127 per component; no per-volume range to store.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..spatial import Image, resample_to_spacing
+from .network import CHANNELS, HALF_RECEPTIVE_FIELD, STRIDE
+
+#: Descriptor strides supported (input voxels between neighbouring descriptors).
+STRIDES = (1, 2, 4)
+#: Halo of a tile in input voxels: the receptive-field radius rounded up to the network stride.
+HALO = int(math.ceil(HALF_RECEPTIVE_FIELD / STRIDE) * STRIDE)
+#: Volumes with more voxels than this run in tiles by default (memory of the full-size layers).
+AUTO_TILE_VOXELS = 160 ** 3
+#: Default tile edge (input voxels) when tiling is automatic.
+AUTO_TILE = 128
+#: Quantization: component value x is stored as round(QUANT_SCALE * x) + QUANT_OFFSET.
+QUANT_SCALE = 127.0
+QUANT_OFFSET = 128
+
+
+# -------------------------------------------------------------------------------------------------
+def normalized_input(image: Image) -> torch.Tensor:
+    """(Z, Y, X) float32 intensities with zero mean / unit std over the mask (or all voxels).
+
+    Voxels outside the mask are set to 0, the mean, as the registration pipeline does.
+    """
+    data = image.data[0].float()
+    mask = None if image.mask is None else image.mask[0].to(data.device).bool()
+    values = data[mask] if mask is not None else data.flatten()
+    if values.numel() < 2:
+        raise InputError("cannot compute DISA descriptors: the image mask is empty")
+    mean, std = values.mean(), values.std()
+    if not torch.isfinite(std) or float(std) <= 1e-12 * max(1.0, abs(float(mean))):
+        raise InputError("cannot compute DISA descriptors: the image has constant intensity "
+                         "(zero variance) over its foreground")
+    out = (data - mean) / std
+    if mask is not None:
+        out = out * mask
+    return out
+
+
+def grid_size(n: int, stride: int) -> int:
+    """Descriptors along an axis of ``n`` voxels: the grid reaches the last voxel."""
+    return int(math.ceil((n - 1) / stride)) + 1
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=dtype or torch.float16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _axis_tiles(length: int, tile: int):
+    """(input start, input stop, output start, output stop, local output offset) per tile."""
+    out_len = int(math.ceil(length / STRIDE))
+    tiles = []
+    for start in range(0, length, tile):
+        a = max(start - HALO, 0)
+        b = min(start + tile + HALO, length)
+        k0, k1 = start // STRIDE, min((start + tile) // STRIDE, out_len)
+        if k1 > k0:
+            tiles.append((a, b, k0, k1, a // STRIDE))
+    return tiles
+
+
+def run_network(model: torch.nn.Module, x: torch.Tensor, tile: Union[int, Sequence[int], None] = None,
+                dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``model`` on (Z, Y, X) ``x`` -> (16, ceil(Z/4), ceil(Y/4), ceil(X/4)) float32, no grad.
+
+    ``tile`` (input voxels, one int or (z, y, x), rounded up to a multiple of 4) bounds the
+    size of the core of each tile; each tile carries a halo of ``HALO`` voxels, so the result
+    does not depend on the tiling. None tiles automatically only for large volumes.
+    """
+    device = x.device
+    shape = tuple(int(s) for s in x.shape)
+    if tile is None:
+        tile = AUTO_TILE if int(np.prod(shape)) > AUTO_TILE_VOXELS else max(shape)
+    tiles = np.broadcast_to(np.asarray(tile, dtype=np.int64), (3,))
+    tiles = [max(STRIDE, int(math.ceil(t / STRIDE)) * STRIDE) for t in tiles]
+    out_shape = [int(math.ceil(s / STRIDE)) for s in shape]
+    with torch.no_grad(), _autocast(device, dtype):
+        if all(t >= s for t, s in zip(tiles, shape)):
+            return model(x[None, None]).float()[0]
+        out = torch.empty(CHANNELS, *out_shape, dtype=torch.float32, device=device)
+        for za, zb, zk0, zk1, zo in _axis_tiles(shape[0], tiles[0]):
+            for ya, yb, yk0, yk1, yo in _axis_tiles(shape[1], tiles[1]):
+                for xa, xb, xk0, xk1, xo in _axis_tiles(shape[2], tiles[2]):
+                    y = model(x[None, None, za:zb, ya:yb, xa:xb]).float()[0]
+                    out[:, zk0:zk1, yk0:yk1, xk0:xk1] = \
+                        y[:, zk0 - zo:zk1 - zo, yk0 - yo:yk1 - yo, xk0 - xo:xk1 - xo]
+        return out
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def compute_descriptors(image: Image, model: torch.nn.Module, spacing=None, stride: int = STRIDE,
+                        tile: Union[int, Sequence[int], None] = None, dtype: Optional[torch.dtype] = None,
+                        device=None) -> Image:
+    """16-channel DISA descriptors of ``image`` on an exact grid of ``stride`` x its spacing.
+
+    ``spacing`` (mm, scalar or (x, y, z)): resample to this working spacing first (the
+    network's scale is that of its training data; both images of a pair need the same one).
+    ``stride``: 4, 2 or 1. ``tile``: tile edge in input voxels (None: automatic).
+    ``dtype``: autocast dtype on CUDA (default float16); ignored on the CPU. ``device``: where
+    to run (default: the model's device). The returned mask marks descriptors whose centre lies
+    inside the image (and its mask).
+    """
+    if stride not in STRIDES:
+        raise InputError(f"DISA descriptor stride must be one of {STRIDES}, got {stride}")
+    if spacing is not None:
+        image = resample_to_spacing(image, spacing)
+    device = torch.device(device) if device is not None else _model_device(model)
+    if _model_device(model) != device:
+        model = model.to(device)
+    model.eval()
+    x = normalized_input(image.to(device))
+    n = x.shape
+    size = [grid_size(s, stride) for s in n]
+    # Shifts per axis: input offsets d whose runs give the descriptors at d + 4k.
+    offsets = [d for d in range(0, STRIDE, stride)]
+    need = [max(d + STRIDE * (int(math.ceil((m * stride - d) / STRIDE)) - 1) + 1 for d in offsets)
+            for m in size]
+    pad = [max(0, e - s) for e, s in zip(need, n)]
+    ext = F.pad(x[None, None], (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")[0, 0] if any(pad) else x
+    out = torch.empty(CHANNELS, *size, dtype=torch.float32, device=device)
+    step = STRIDE // stride
+    for dz in offsets:
+        for dy in offsets:
+            for dx in offsets:
+                counts = [int(math.ceil((m * stride - d) / STRIDE)) for m, d in zip(size, (dz, dy, dx))]
+                lengths = [STRIDE * (c - 1) + 1 for c in counts]
+                sub = ext[dz:dz + lengths[0], dy:dy + lengths[1], dx:dx + lengths[2]]
+                out[:, dz // stride::step, dy // stride::step, dx // stride::step] = \
+                    run_network(model, sub, tile, dtype)
+    return Image(out, image.spacing * stride, image.origin.copy(), image.direction.copy(),
+                 _grid_mask(image, size, stride, device))
+
+
+def _grid_mask(image: Image, size, stride: int, device) -> torch.Tensor:
+    """(1, z, y, x) bool: the descriptor centre lies inside the image and its mask."""
+    n = image.shape
+    inside = torch.ones(1, *size, dtype=torch.bool, device=device)
+    src = None if image.mask is None else image.mask.to(device).bool()
+    idx = []
+    for axis, (m, s) in enumerate(zip(size, n)):
+        pos = torch.arange(m, device=device) * stride
+        shape = [1, 1, 1]
+        shape[axis] = m
+        inside = inside & (pos < s).view(1, *shape)
+        idx.append(pos.clamp_max(s - 1))
+    if src is not None:
+        inside = inside & src[:, idx[0]][:, :, idx[1]][:, :, :, idx[2]]
+    return inside
+
+
+# -------------------------------------------------------------------------------------------------
+def quantize(desc: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    """8-bit descriptors: (uint8 tensor, scale) with x ~ (q - 128) * scale, scale = 1/127.
+
+    Valid for any vectors of norm <= 1 (components in [-1, 1]); larger values saturate.
+    """
+    q = torch.round(desc.float() * QUANT_SCALE).clamp(-QUANT_SCALE, QUANT_SCALE) + QUANT_OFFSET
+    return q.to(torch.uint8), 1.0 / QUANT_SCALE
+
+
+def dequantize(q: torch.Tensor, scale: float = 1.0 / QUANT_SCALE) -> torch.Tensor:
+    """float32 descriptors from :func:`quantize`'s output."""
+    return (q.float() - QUANT_OFFSET) * scale
+
+
+# -------------------------------------------------------------------------------------------------
+def _tensor_fingerprint(t: torch.Tensor, samples: int = 4096) -> str:
+    """Hash of a strided sample of the values plus their sum (catches most in-place edits)."""
+    flat = t.detach().reshape(-1)
+    step = max(1, flat.numel() // samples)
+    sample = flat[::step].float().cpu().numpy().tobytes()
+    h = hashlib.sha1(sample)
+    h.update(repr(float(flat.double().sum())).encode())
+    return h.hexdigest()
+
+
+def _model_fingerprint(model: torch.nn.Module) -> str:
+    h = hashlib.sha1()
+    for p in model.parameters():
+        h.update(_tensor_fingerprint(p, 256).encode())
+    return h.hexdigest()
+
+
+class DescriptorCache:
+    """A small LRU cache of descriptor images, so the CNN runs once per volume.
+
+    The key combines the tensor's identity (``id`` and data pointer), a hash of a strided
+    sample of its bytes and its sum, its geometry, its mask, the model's weights and the
+    parameters of :func:`compute_descriptors`. A new or edited volume misses the cache.
+    """
+
+    def __init__(self, max_items: int = 8):
+        self.max_items = max_items
+        self._items: "OrderedDict[tuple, Image]" = OrderedDict()
+        self.hits = self.misses = 0
+
+    def key(self, image: Image, model, **params) -> tuple:
+        data = image.data
+        mask_key = None if image.mask is None else (image.mask.data_ptr(), _tensor_fingerprint(image.mask))
+        spacing = params.get("spacing")
+        params = dict(params, spacing=None if spacing is None else tuple(np.broadcast_to(
+            np.asarray(spacing, dtype=np.float64), (3,)).tolist()))
+        return (id(data), data.data_ptr(), tuple(data.shape), str(data.dtype), str(data.device),
+                _tensor_fingerprint(data), image.spacing.tobytes(), image.origin.tobytes(),
+                image.direction.tobytes(), mask_key, id(model), _model_fingerprint(model),
+                tuple(sorted((k, repr(v)) for k, v in params.items())))
+
+    def get(self, image: Image, model, **params) -> Image:
+        """Descriptors of ``image`` (computed on a miss); arguments as :func:`compute_descriptors`."""
+        key = self.key(image, model, **params)
+        if key in self._items:
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key]
+        self.misses += 1
+        result = compute_descriptors(image, model, **params)
+        self._items[key] = result
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return result
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+#: The cache the DISA similarity uses unless given another.
+DEFAULT_CACHE = DescriptorCache()

@@ -1,0 +1,145 @@
+"""The DISA descriptor network (Ronchetti et al., MICCAI 2023), exactly as published.
+
+A small fully convolutional 3-D CNN maps a normalized single-channel volume to a 16-channel
+descriptor volume at stride 4; the dot product of two descriptors approximates the LC²
+similarity of the patches around them (trained elsewhere, see ``disa.train``).
+
+Layers (90,752 trainable parameters; no normalization layers, as in the paper)::
+
+    conv(1,8) res(8) conv(8,16) blur(16) res(16) conv(16,32) blur(32) res(32) Conv3d(32,16,1)
+
+then per-voxel norm clipping ``y / max(|y|, 1)``.
+
+Geometry (what registration relies on): 3x3x3 convolutions with padding 1 keep voxel
+centres in place. A BlurPool with replicate padding 2, a 5-tap kernel and stride 2 centres its
+output k on padded input 2k+2, i.e. on input voxel 2k. Two of them put output voxel (k, j, i)
+exactly on input voxel (4k, 4j, 4i): the descriptor grid has the input's origin and direction
+and 4x its spacing, and an input of n voxels gives ceil(n / 4) outputs (the last output may sit
+up to 3 voxels past the last input voxel; there it sees replicated border values).
+The receptive field is about 49 voxels (``RECEPTIVE_FIELD``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+#: Trainable parameters of the published architecture.
+PARAMETER_COUNT = 90752
+#: Output stride of the network (input voxels per output voxel along each axis).
+STRIDE = 4
+#: Number of descriptor channels.
+CHANNELS = 16
+#: Receptive field (input voxels along one axis) of one output voxel.
+RECEPTIVE_FIELD = 49
+#: Input voxels on each side of an output voxel's centre that can influence it.
+HALF_RECEPTIVE_FIELD = RECEPTIVE_FIELD // 2
+
+
+def _use_mkldnn(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and state-dict keys) that always takes oneDNN on the CPU
+    at inference. PyTorch's heuristic sends single-volume batches with few channels to its
+    im2col fallback, about 10x slower for this network's first layers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _use_mkldnn(x) and self.padding_mode == "zeros":
+            return torch.mkldnn_convolution(x.contiguous(), self.weight, self.bias, list(self.padding),
+                                            list(self.stride), list(self.dilation), self.groups)
+        return super().forward(x)
+
+
+class Conv(nn.Sequential):
+    """3x3x3 convolution (padding 1, bias) followed by LeakyReLU(0.01)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(Conv3d(cin, cout, 3, padding=1, bias=True), nn.LeakyReLU(0.01))
+
+
+class Residual(nn.Module):
+    """x + conv(conv(x)); no activation after the sum."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(Conv(channels, channels), Conv(channels, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def binomial_kernel(taps=(1.0, 4.0, 6.0, 4.0, 1.0)) -> torch.Tensor:
+    """Normalized 3-D binomial kernel (outer product of ``taps``), shape (5, 5, 5)."""
+    t = torch.tensor(taps, dtype=torch.float32)
+    k = t[:, None, None] * t[None, :, None] * t[None, None, :]
+    return k / k.sum()
+
+
+class BlurPool(nn.Module):
+    """Anti-aliased downsampling: depthwise binomial blur, replicate padding 2, stride 2.
+
+    The kernel is a buffer (saved in the state dict, never trained) so the parameter count
+    stays that of the paper.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.register_buffer("kernel", binomial_kernel()[None, None].repeat(channels, 1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, (2, 2, 2, 2, 2, 2), mode="replicate")
+        kernel = self.kernel.to(x.dtype)
+        if _use_mkldnn(x):
+            return torch.mkldnn_convolution(x, kernel, None, [0, 0, 0], [2, 2, 2], [1, 1, 1], self.channels)
+        return F.conv3d(x, kernel, stride=2, groups=self.channels)
+
+
+def clip_norm(y: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Scale vectors longer than 1 to unit length (per voxel along ``dim``)."""
+    return y / torch.linalg.vector_norm(y, dim=dim, keepdim=True).clamp_min(1.0)
+
+
+class DISANet(nn.Module):
+    """The DISA-LC² descriptor CNN: (B, 1, Z, Y, X) -> (B, 16, ceil(Z/4), ceil(Y/4), ceil(X/4)).
+
+    Inputs should be normalized to zero mean and unit standard deviation (as in training).
+    Output norms are <= 1.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.Sequential(
+            Conv(1, 8), Residual(8), Conv(8, 16), BlurPool(16), Residual(16),
+            Conv(16, 32), BlurPool(32), Residual(32), Conv3d(32, CHANNELS, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5 or x.shape[1] != 1:
+            raise ValueError(f"DISANet expects (B, 1, Z, Y, X) input, got {tuple(x.shape)}")
+        return clip_norm(self.layers(x))
+
+
+def output_shape(shape) -> tuple:
+    """Output spatial shape for an input spatial shape: ceil(n / 4) per axis."""
+    return tuple(int(math.ceil(int(n) / STRIDE)) for n in shape)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters (the frozen blur kernels are buffers and do not count)."""
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def seeded_model(seed: int = 0) -> DISANet:
+    """A randomly initialized network with a fixed seed (for tests and demos without weights)."""
+    gen_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = DISANet()
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return model.eval()
