@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..features.mind import mind_ssc
-from ..spatial import Image
+from ..spatial import Image, crop_to_mask
 from .base import Prepared, Similarity, fixed_mask_of
 
 
@@ -35,8 +35,8 @@ def unrelated_ssd(fixed: torch.Tensor, moving: torch.Tensor, fixed_mask=None) ->
 
 
 class PreparedMIND(Prepared):
-    def __init__(self, fixed, moving, fixed_mask):
-        super().__init__(moving, fixed_mask)
+    def __init__(self, fixed, moving, fixed_mask, fixed_grid=None):
+        super().__init__(moving, fixed_mask, fixed_grid=fixed_grid)
         self.fixed = fixed
         self.unrelated = unrelated_ssd(fixed, moving, fixed_mask)
 
@@ -60,4 +60,6 @@ class MIND(Similarity):
         ratio = max(1, int(round(float(np.mean(fixed.spacing) / np.mean(moving.spacing)))))
         f = mind_ssc(fixed.data[:1].float(), self.radius, self.dilation)
         m = mind_ssc(moving.data[:1].float(), self.radius * ratio, self.dilation * ratio)
-        return PreparedMIND(f, m, fixed_mask_of(fixed))
+        # Only fixed-mask points are scored, so the mask's bounding box is exact (and cheaper).
+        box = crop_to_mask(fixed.same_geometry(f, fixed.mask))
+        return PreparedMIND(box.data, m, fixed_mask_of(box), fixed_grid=box)
