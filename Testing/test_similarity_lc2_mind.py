@@ -10,7 +10,7 @@ from disa.features.mind import mind_ssc, ssc_pairs
 from disa.registration import Objective
 from disa.registration.pipeline import moving_level, prepare_image
 from disa.sample_data import case24
-from disa.similarity import LC2, MIND, make_similarity
+from disa.similarity import make_similarity
 from disa.similarity.lc2 import fixed_weights, lc2, lc2_local
 from disa.spatial.filters import box_mean, gradient_magnitude
 from disa.spatial import load_image, resample_to_spacing

@@ -17,8 +17,7 @@ from scipy import ndimage
 from disa.errors import InputError
 from disa.features.network import DISANet
 from disa.features.weights import load_weights
-from disa.train import (PatchPairs, TrainConfig, augment_batch, build_dataset, lc2_target, predict_pairs,
-                        sample_patch_pairs, train)
+from disa.train import (PatchPairs, TrainConfig, augment_batch, build_dataset, lc2_target, sample_patch_pairs, train)
 from disa.train.synth import Template, check_not_held_out, simulate_ultrasound, tissues_from_t1
 from disa.train.trainer import _PartData, evaluate
 

@@ -153,13 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_register(args) -> int:
     from .registration import register_files
-    from .transforms.itk_io import read_itk_transform  # noqa: F401  (fail early if unavailable)
 
     result = register_files(args.fixed, args.moving, args.initial_transform, **_registration_kwargs(args))
     result.save_transform(args.output_transform)
     print(result.summary())
     print(f"wrote {args.output_transform}")
     if args.output_volume:
+        from .transforms.itk_io import write_resampled
+
         write_resampled(args.moving, args.fixed, result.matrix, args.output_volume)
         print(f"wrote {args.output_volume}")
     if args.json:
@@ -207,19 +208,6 @@ def cmd_train(args) -> int:
     from .train import run_from_args
 
     return run_from_args(args)
-
-
-def write_resampled(moving_path, fixed_path, matrix, out_path):
-    """Resample the moving file on the fixed grid with SimpleITK through ``matrix``."""
-    import SimpleITK as sitk
-
-    from .transforms.itk_io import matrix_to_sitk
-
-    fixed = sitk.ReadImage(os.fspath(fixed_path))
-    moving = sitk.ReadImage(os.fspath(moving_path))
-    out = sitk.Resample(moving, fixed, matrix_to_sitk(matrix), sitk.sitkLinear, 0.0, moving.GetPixelID())
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    sitk.WriteImage(out, os.fspath(out_path))
 
 
 def result_dict(result) -> dict:

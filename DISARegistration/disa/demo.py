@@ -17,6 +17,7 @@ from .evaluate.landmarks import Landmarks, write_fcsv
 from .registration import register
 from .sample_data import case24, move_image, rigid_matrix
 from .spatial import load_image, save_image
+from .transforms.itk_io import write_resampled
 
 #: The demo's perturbation: rotation vector (degrees, |r| = 8.0) and translation (mm, |t| = 12.0).
 DEMO_ROTATION_DEG = (4.62, -4.62, 4.62)
@@ -49,8 +50,6 @@ def run_demo(output_dir="disa-demo-output", data_dir=None, print_fn=print, **reg
     out.mkdir(parents=True, exist_ok=True)
     save_image(moved, out / "Case24-T1-perturbed.nii.gz")
     result.save_transform(out / "registration.h5")
-    from .cli import write_resampled  # shares SimpleITK resampling with `disa register`
-
     write_resampled(out / "Case24-T1-perturbed.nii.gz", case.fixed, result.matrix, out / "Case24-T1-registered.nii.gz")
     write_fcsv(out / "Case24-US-landmarks.fcsv", fixed_lm)
     write_fcsv(out / "Case24-T1-perturbed-landmarks.fcsv", moved_lm)

@@ -1,7 +1,6 @@
 """The bundled sample case (RESECT Case 24, CC BY 4.0) and known perturbations of it."""
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ import numpy as np
 
 from .errors import InputError
 from .spatial import Image
+from .transforms.linear import Rigid
 
 #: Where the module's resources live, in the source tree and inside a Slicer extension alike.
 RESOURCES = Path(__file__).resolve().parent.parent / "Resources"
@@ -31,26 +31,18 @@ def case24(folder=None) -> SampleCase:
     In the tag file volume 1 is the MR and volume 2 the ultrasound.
     """
     folder = Path(os.environ.get("DISA_SAMPLE_DATA", CASE24) if folder is None else folder)
-    case = SampleCase(folder / "Case24-US.nii.gz", folder / "Case24-T1.nii.gz",
-                      folder / "Case24-MRI-beforeUS.tag", "", "")
+    tag = folder / "Case24-MRI-beforeUS.tag"
+    case = SampleCase(folder / "Case24-US.nii.gz", folder / "Case24-T1.nii.gz", tag, f"{tag}:2", f"{tag}:1")
     for p in (case.fixed, case.moving, case.landmarks):
         if not p.exists():
             raise InputError(f"sample data file missing: {p}")
-    case.fixed_landmarks = f"{case.landmarks}:2"
-    case.moving_landmarks = f"{case.landmarks}:1"
     return case
 
 
 def rigid_matrix(rotvec_deg, translation_mm, center) -> np.ndarray:
-    """4x4 of x -> R (x - c) + c + t, R from a rotation vector in degrees."""
-    from scipy.spatial.transform import Rotation
-
-    m = np.eye(4)
-    r = Rotation.from_rotvec(np.asarray(rotvec_deg, dtype=np.float64) * math.pi / 180).as_matrix()
-    c = np.asarray(center, dtype=np.float64)
-    m[:3, :3] = r
-    m[:3, 3] = c + np.asarray(translation_mm, dtype=np.float64) - r @ c
-    return m
+    """4x4 of x -> R (x - c) + c + t, R from a rotation vector in degrees (the Rigid model)."""
+    params = np.concatenate([np.asarray(rotvec_deg, dtype=np.float64), np.asarray(translation_mm, dtype=np.float64)])
+    return Rigid(center).matrix(params)[0].numpy()
 
 
 def random_rigid(rng: np.random.Generator, max_deg: float, max_mm: float, center) -> np.ndarray:

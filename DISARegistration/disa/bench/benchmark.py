@@ -170,7 +170,7 @@ class _Runner:
     def available(self) -> Optional[str]:
         if self.method != "elastix":
             return None
-        from .peers import ElastixCrashed, ElastixWorker, elastix_available
+        from .peers import ElastixWorker, elastix_available
 
         self.worker = ElastixWorker()
         try:

@@ -210,6 +210,18 @@ def _error_summary(exc: BaseException) -> str:
 
 
 # RAS / LPS --------------------------------------------------------------------------------------
+def write_resampled(moving_path: PathLike, fixed_path: PathLike, matrix, out_path: PathLike) -> None:
+    """The moving image file resampled on the fixed file's grid through ``matrix`` (fixed ->
+    moving LPS), written with SimpleITK; voxels outside the moving image are 0."""
+    import SimpleITK as sitk
+
+    fixed = sitk.ReadImage(os.fspath(fixed_path))
+    moving = sitk.ReadImage(os.fspath(moving_path))
+    out = sitk.Resample(moving, fixed, matrix_to_sitk(matrix), sitk.sitkLinear, 0.0, moving.GetPixelID())
+    os.makedirs(os.path.dirname(os.path.abspath(os.fspath(out_path))), exist_ok=True)
+    sitk.WriteImage(out, os.fspath(out_path))
+
+
 def lps_to_ras_matrix(m) -> np.ndarray:
     """A 4x4 that maps LPS points to LPS points, re-expressed to map RAS points to RAS points.
 

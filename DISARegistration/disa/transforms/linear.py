@@ -8,7 +8,6 @@ rotations in degrees (rotation vector), translations in mm, affine matrix entrie
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import numpy as np
 import torch
