@@ -95,6 +95,27 @@ def test_cancel_stops_the_run(case):
     assert len(calls) == 4
 
 
+def test_global_search_checks_cancel_between_small_batches():
+    """A cancel must not wait for a whole chunk of poses (seconds of LC² on a busy CPU)."""
+    import torch
+
+    from disa.optim import Monitor, global_search
+
+    scored = []
+
+    def similarity(params):
+        scored.append(len(params))
+        return torch.zeros(len(params), dtype=torch.float64)
+
+    monitor = Monitor(cancel=lambda: len(scored) > 0)
+    with pytest.raises(CancelledError):
+        global_search(similarity, np.zeros(6), n=256, monitor=monitor)
+    assert scored == [8]
+    scored.clear()
+    top = global_search(similarity, np.zeros(6), n=100)
+    assert sum(scored) == 100 and max(scored) <= 8 and top.shape == (4, 6)
+
+
 def test_progress_reports_stages_and_finishes(case):
     fixed, moving, _, _ = case
     seen = []

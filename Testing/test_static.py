@@ -1,8 +1,10 @@
 """Static checks of what Slicer builds and loads: Python 3.9 syntax, the CMake file lists, the
-extension metadata, and that the engine and the Slicer-side library import without Qt."""
+.ui panel against the module code and its parameter node, the extension metadata, and that the
+engine and the Slicer-side library import without Qt."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import re
@@ -10,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -322,7 +325,214 @@ def test_module_file_defers_engine_imports():
             f"{MODULE_NAME}ParameterNode"} <= classes
 
 
-# (d) extension metadata -------------------------------------------------------------------------
+# (d) the panel: .ui file <-> module code <-> parameter node ------------------------------------
+UI_FILE = MODULE_DIR / "Resources" / "UI" / f"{MODULE_NAME}.ui"
+PARAMETER_NODE_CLASS = f"{MODULE_NAME}ParameterNode"
+#: Widgets a user operates; each needs a tooltip.
+CONTROL_CLASSES = {"qMRMLNodeComboBox", "QComboBox", "QLineEdit", "QSpinBox", "QDoubleSpinBox", "ctkSliderWidget",
+                   "QSlider", "QCheckBox", "QPushButton", "QProgressBar", "qSlicerMarkupsPlaceWidget"}
+#: Parameter node fields deliberately without a widget (none today).
+FIELDS_WITHOUT_WIDGET: set = set()
+#: Widget classes parameterNodeWrapper's GUI connectors accept for each kind of field
+#: (Slicer's guiConnectors.py matches the exact widget class).
+CONNECTOR_WIDGETS = {"node": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"}, "choice": {"QComboBox"},
+                     "str": {"QLineEdit", "QTextEdit"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+                     "int": {"QSpinBox", "QSlider"}, "bool": {"QCheckBox", "QPushButton"}}
+
+
+def _ui_root():
+    return ET.parse(UI_FILE).getroot()
+
+
+def _ui_widgets() -> List[ET.Element]:
+    return list(_ui_root().iter("widget"))
+
+
+def _property(widget: ET.Element, name: str) -> Optional[ET.Element]:
+    for prop in widget.findall("property"):
+        if prop.get("name") == name:
+            return prop
+    return None
+
+
+def _property_text(widget: ET.Element, name: str) -> Optional[str]:
+    prop = _property(widget, name)
+    return None if prop is None else "".join(prop.itertext()).strip()
+
+
+def _parameter_widgets() -> Dict[str, ET.Element]:
+    """SlicerParameterName -> widget (a name bound twice is reported by its own test)."""
+    return {_property_text(w, "SlicerParameterName"): w for w in _ui_widgets()
+            if _property(w, "SlicerParameterName") is not None}
+
+
+def _module_tree() -> ast.Module:
+    return ast.parse((MODULE_DIR / f"{MODULE_NAME}.py").read_text(encoding="utf-8"))
+
+
+def _module_constants(tree: ast.Module) -> Dict[str, object]:
+    """Top-level NAME = <literal> assignments, with list(NAME) of a literal dict resolved too."""
+    constants: Dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = node.value
+            if (isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "list"
+                    and len(value.args) == 1 and isinstance(value.args[0], ast.Name)
+                    and value.args[0].id in constants):
+                constants[node.targets[0].id] = list(constants[value.args[0].id])
+                continue
+            try:
+                constants[node.targets[0].id] = ast.literal_eval(value)
+            except ValueError:
+                pass
+    return constants
+
+
+def _parameter_fields() -> Dict[str, dict]:
+    """Fields of the @parameterNodeWrapper class: name -> {kind, type, choices, bounded, default}."""
+    tree = _module_tree()
+    constants = _module_constants(tree)
+    cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == PARAMETER_NODE_CLASS), None)
+    assert cls is not None, f"class {PARAMETER_NODE_CLASS} not found"
+    assert any(ast.unparse(d) == "parameterNodeWrapper" for d in cls.decorator_list), \
+        f"{PARAMETER_NODE_CLASS} must be decorated with @parameterNodeWrapper"
+    fields = {}
+    for node in cls.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        annotation, extras = node.annotation, []
+        if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Annotated":
+            parts = getattr(annotation.slice, "value", annotation.slice)  # ast.Index on Python 3.8
+            annotation, extras = parts.elts[0], parts.elts[1:]
+        type_name = ast.unparse(annotation)
+        choices, bounded = None, False
+        for extra in extras:
+            if isinstance(extra, ast.Call) and ast.unparse(extra.func) == "Choice":
+                arg = extra.args[0]
+                choices = constants.get(arg.id) if isinstance(arg, ast.Name) else ast.literal_eval(arg)
+            bounded |= isinstance(extra, ast.Call) and ast.unparse(extra.func) == "WithinRange"
+        if type_name.startswith("vtkMRML"):
+            kind = "node"
+        elif choices is not None:
+            kind = "choice"
+        else:
+            kind = type_name
+        default = None
+        if node.value is not None:
+            try:
+                default = ast.literal_eval(node.value)
+            except ValueError:
+                default = None
+        fields[node.target.id] = {"kind": kind, "type": type_name, "choices": choices, "bounded": bounded,
+                                  "default": default}
+    return fields
+
+
+def _ui_attributes_used(tree: ast.Module) -> Dict[str, int]:
+    """``self.ui.<name>`` in the module code: name -> first line."""
+    used: Dict[str, int] = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
+                and isinstance(node.value.value, ast.Name) and node.value.value.id == "self"):
+            used.setdefault(node.attr, node.lineno)
+    return used
+
+
+def test_ui_file_is_well_formed_designer_xml():
+    root = _ui_root()  # raises on malformed XML
+    assert root.tag == "ui" and root.get("version") == "4.0"
+    top = root.find("widget")
+    assert top is not None and top.get("class") == "qMRMLWidget" and top.get("name") == MODULE_NAME, \
+        "the .ui root must be a qMRMLWidget named after the module (slicer.util.loadUI + setMRMLScene)"
+    names = [w.get("name") for w in _ui_widgets()]
+    assert all(names), "every widget needs an objectName"
+    assert len(names) == len(set(names)), f"duplicate objectNames: {sorted({n for n in names if names.count(n) > 1})}"
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in _ui_widgets() if not w.get("class", "").startswith("Q")}
+    assert used <= declared, f"custom widget classes not declared in <customwidgets>: {sorted(used - declared)}"
+
+
+def test_ui_is_listed_in_module_cmakelists():
+    items = _expand(cmake_set((MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8"),
+                              "MODULE_PYTHON_RESOURCES") or [], {"MODULE_NAME": MODULE_NAME})
+    assert f"Resources/UI/{MODULE_NAME}.ui" in items, "add Resources/UI/${MODULE_NAME}.ui to MODULE_PYTHON_RESOURCES"
+
+
+def test_module_code_uses_only_widgets_of_the_ui():
+    names = {w.get("name") for w in _ui_widgets()}
+    missing = {name: line for name, line in _ui_attributes_used(_module_tree()).items() if name not in names}
+    assert not missing, "self.ui.<name> without such objectName in the .ui: " + ", ".join(
+        f"{n} (line {line})" for n, line in sorted(missing.items()))
+
+
+def test_every_control_has_a_tooltip():
+    bare = [f"{w.get('name')} ({w.get('class')})" for w in _ui_widgets()
+            if w.get("class") in CONTROL_CLASSES and not _property_text(w, "toolTip")]
+    assert not bare, "controls without a toolTip: " + ", ".join(bare)
+
+
+def test_ui_parameter_names_match_parameter_node_fields():
+    fields = _parameter_fields()
+    bound = [_property_text(w, "SlicerParameterName") for w in _ui_widgets()
+             if _property(w, "SlicerParameterName") is not None]
+    twice = sorted({n for n in bound if bound.count(n) > 1})
+    unknown = sorted(set(bound) - set(fields))
+    unbound = sorted(set(fields) - set(bound) - FIELDS_WITHOUT_WIDGET)
+    problems = ([f"SlicerParameterName bound to several widgets: {twice}"] if twice else []) \
+        + ([f"SlicerParameterName without a {PARAMETER_NODE_CLASS} field: {unknown}"] if unknown else []) \
+        + ([f"{PARAMETER_NODE_CLASS} fields without a widget in the .ui: {unbound}"] if unbound else [])
+    assert not problems, "\n".join(problems)
+
+
+def test_bound_widgets_suit_their_fields():
+    """What connectGui would refuse at run time (no connector for the widget class, a slider for
+    an unbounded float), node selectors listing another node class, and defaults outside choices."""
+    fields = _parameter_fields()
+    problems = []
+    for name, widget in _parameter_widgets().items():
+        field = fields.get(name)
+        if field is None:
+            continue
+        cls = widget.get("class")
+        if cls not in CONNECTOR_WIDGETS.get(field["kind"], set()):
+            problems.append(f"{name}: a {field['kind']} field ({field['type']}) cannot bind to {cls}")
+        if cls in ("ctkSliderWidget", "QSlider") and not field["bounded"]:
+            problems.append(f"{name}: a slider needs WithinRange on the field")
+        if field["kind"] == "node":
+            prop = _property(widget, "nodeTypes")
+            node_types = [] if prop is None else [s.text for s in prop.iter("string")]
+            if node_types != [field["type"]]:
+                problems.append(f"{name}: nodeTypes {node_types} differ from the field type {field['type']}")
+        if field["kind"] == "choice":
+            if not field["choices"]:
+                problems.append(f"{name}: Choice list could not be read statically")
+            elif field["default"] not in field["choices"]:
+                problems.append(f"{name}: default {field['default']!r} not among {field['choices']}")
+    assert not problems, "\n".join(problems)
+
+
+def test_mrml_widgets_receive_the_scene():
+    """A node selector not connected to mrmlSceneChanged stays empty (a classic .ui bug)."""
+    connected = {c.findtext("receiver") for c in _ui_root().iter("connection")
+                 if c.findtext("sender") == MODULE_NAME and c.findtext("signal") == "mrmlSceneChanged(vtkMRMLScene*)"
+                 and c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
+    mrml = {w.get("name") for w in _ui_widgets() if w.get("class", "").startswith(("qMRML", "qSlicer"))}
+    mrml.discard(MODULE_NAME)
+    assert not mrml - connected, f"not connected to the scene: {sorted(mrml - connected)}"
+
+
+def test_sample_data_checksums_match_the_bundled_files():
+    constants = _module_constants(_module_tree())
+    files, checksums = constants["SAMPLE_FILES"], constants["SAMPLE_CHECKSUMS"]
+    assert len(files) == len(checksums) == len(constants["SAMPLE_NODE_NAMES"])
+    folder = MODULE_DIR / "Resources" / "SampleData" / "Case24"
+    assert (folder / constants["SAMPLE_LANDMARKS"]).is_file()
+    for name, checksum in zip(files, checksums):
+        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+        assert checksum == f"SHA256:{digest}", f"{name}: update its checksum to SHA256:{digest}"
+
+
+# (e) extension metadata -------------------------------------------------------------------------
 def test_top_level_cmakelists_declares_the_extension():
     text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     depends = cmake_set(text, "EXTENSION_DEPENDS")

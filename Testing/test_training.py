@@ -217,3 +217,59 @@ def test_simulated_ultrasound_has_a_fan_and_bright_boundaries():
     near = fan & (np.abs(r - 12) < 1.0)
     flat = fan & (np.abs(r - 16) < 1.0)
     assert us[near].mean() > us[flat].mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# dense training (disa.train.dense)
+def _pool_pair(seed=0, shape=(72, 72, 72)):
+    from disa.train.dense import PoolPair
+
+    a = smooth_field(shape, 2.0, seed)
+    b = np.tanh(2 * a) + 0.1 * smooth_field(shape, 1.0, seed + 1)  # a nonlinear "other modality"
+    centres = np.argwhere(np.ones(shape, bool))[::997]
+    return PoolPair(torch.from_numpy(a)[None, None], torch.from_numpy(b.astype(np.float32))[None, None],
+                    centres, centres, True, 1.0, "test")
+
+
+def test_dense_crops_are_exact_and_targets_match_the_paper_target():
+    from disa.train.dense import CROP, FIRST, batch_targets, crop_grid, random_rotation
+
+    p = _pool_pair()
+    c = np.array([36, 34, 38])
+    crop = torch.nn.functional.grid_sample(p.a, crop_grid(c, np.eye(3), 1.0, p.a.shape[-3:]), align_corners=True)
+    h = CROP // 2
+    ref = p.a[0, 0, c[0] - h:c[0] + h, c[1] - h:c[1] + h, c[2] - h:c[2] + h]
+    assert float((crop[0, 0] - ref).abs().max()) < 1e-4
+    # a rotation is orthonormal (or a reflection), so its crops keep distances
+    r = random_rotation(np.random.default_rng(3))
+    assert np.allclose(r @ r.T, np.eye(3), atol=1e-9) and abs(abs(np.linalg.det(r)) - 1) < 1e-9
+    # every dense target is the paper's lc2_target of the 33^3 patch around that output
+    xa = torch.from_numpy(smooth_field((2, 1, CROP, CROP, CROP), 1.5, 5))
+    xb = torch.tanh(xa) + 0.3 * torch.from_numpy(smooth_field((2, 1, CROP, CROP, CROP), 1.0, 6))
+    t, var = batch_targets(xa, xb)
+    assert t.shape == (2, 1, 8, 8, 8) and var.shape == t.shape
+    for n, (i, j, k) in [(0, (0, 0, 0)), (1, (7, 3, 5)), (0, (2, 7, 1))]:
+        z, y, x = (4 * (FIRST + q) for q in (i, j, k))
+        sl = (slice(z - 16, z + 17), slice(y - 16, y + 17), slice(x - 16, x + 17))
+        ref = lc2_target(xa[n, 0][sl], xb[n, 0][sl])
+        assert abs(float(ref) - float(t[n, 0, i, j, k])) < 1e-5
+
+
+def test_dense_training_lowers_the_loss_on_fixed_crops():
+    from disa.train.dense import batch_targets, predict_dense, sample_crops
+
+    rng = np.random.default_rng(0)
+    xa, xb = sample_crops([_pool_pair(1)], 2, rng, max_offset=6.0)
+    target, var = batch_targets(xa, xb)
+    assert float(target.max()) > 0.5 and float(target.min()) < 0.2  # aligned and shifted crops
+    torch.manual_seed(0)
+    model = DISANet()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(14):
+        loss = ((predict_dense(model, xa, xb) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], losses

@@ -9,6 +9,7 @@ from .mrml_bridge import (  # noqa: F401
     set_linear_transform_node_from_itk,
     itk_matrix_from_transform_node,
     set_registration_references,
+    set_grid_transform_node_from_displacement,
     landmarks_from_markups,
     markup_labels,
     markups_from_points,

@@ -37,6 +37,7 @@ __all__ = [
     "set_linear_transform_node_from_itk",
     "itk_matrix_from_transform_node",
     "set_registration_references",
+    "set_grid_transform_node_from_displacement",
     "landmarks_from_markups",
     "markup_labels",
     "markups_from_points",
@@ -207,6 +208,44 @@ def itk_matrix_from_transform_node(node, world: bool = False) -> np.ndarray:
         return slicer_to_parent_ras_to_itk(_array_from_vtk_matrix(m))
     except np.linalg.LinAlgError as exc:
         raise InputError(f"transform {_node_name(node)} is singular") from exc
+
+
+def set_grid_transform_node_from_displacement(node, field: Image) -> None:
+    """Store a dense displacement field in a grid transform node (vtkOrientedGridTransform).
+
+    ``field`` is a 3-channel Image on a fixed-space grid: the LPS displacement d(p) in mm such
+    that fixed point p maps to moving point p + d(p) -- the resampling direction, as ITK's
+    displacement field transforms store it. The node receives that mapping as its "from parent"
+    transform in RAS (Slicer derives "to parent" by inverting it on demand), so, like a linear
+    result, the moving volume placed under the node lands on the fixed volume and saving the node
+    writes an ITK displacement field with the same mapping. Trilinear interpolation between grid
+    points, as the engine's ``grid_sample``.
+    """
+    import slicer  # vtkOrientedGridTransform comes with Slicer (vtkAddon), also in slicer-core
+
+    _require(node, "vtkMRMLGridTransformNode", "output grid transform")
+    if field.channels != 3:
+        raise InputError(f"a displacement field needs 3 channels (x, y, z), got {field.channels}")
+    arr = field.data.detach().cpu().numpy().astype(np.float64)  # (3, Z, Y, X), LPS
+    if not np.all(np.isfinite(arr)):
+        raise InputError("the displacement field contains NaN or infinite values")
+    nz, ny, nx = arr.shape[1:]
+    ras = np.moveaxis(arr, 0, -1).reshape(-1, 3) @ _FLIP3  # vectors LPS -> RAS
+    vectors = numpy_support.numpy_to_vtk(np.ascontiguousarray(ras), deep=True, array_type=vtk.VTK_DOUBLE)
+    vectors.SetNumberOfComponents(3)
+    grid = vtk.vtkImageData()
+    grid.SetDimensions(int(nx), int(ny), int(nz))
+    # vtkOrientedGridTransform places voxel ijk at origin + direction @ (spacing * ijk).
+    grid.SetOrigin(*(_FLIP3 @ field.origin))
+    grid.SetSpacing(*field.spacing)
+    grid.GetPointData().SetScalars(vectors)
+    direction = np.eye(4)
+    direction[:3, :3] = _FLIP3 @ field.direction
+    transform = slicer.vtkOrientedGridTransform()
+    transform.SetDisplacementGridData(grid)
+    transform.SetGridDirectionMatrix(_vtk_matrix_from_array(direction))
+    transform.SetInterpolationModeToLinear()
+    node.SetAndObserveTransformFromParent(transform)
 
 
 def set_registration_references(transform_node, fixed_node, moving_node) -> None:

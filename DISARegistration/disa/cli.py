@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and after. Writes the perturbed MR, the transform and the resampled MR.")
     p.add_argument("--output-dir", default="disa-demo-output", help="folder for the outputs (default disa-demo-output)")
     p.add_argument("--data-dir", default=None, help="folder holding the Case24 files (default: the bundled copy)")
+    p.add_argument("--scene", default=None, metavar="OUT.mrb",
+                   help="also write a Slicer scene bundle: ultrasound, perturbed MR under the result transform, "
+                        "landmarks, registered landmarks and the FRE table (needs slicer-core: "
+                        "pip install -e \".[scene]\")")
     _add_registration_options(p)
     p.set_defaults(func=cmd_demo)
 
@@ -133,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rotation", type=float, default=10.0, help="perturbation range, +- degrees per axis")
     p.add_argument("--max-translation", type=float, default=10.0, help="perturbation range, +- mm per axis")
     p.add_argument("--methods", default=None,
-                   help="comma-separated subset of: lc2, mind, mi, sitk-mi, elastix (default all available)")
+                   help="comma-separated subset of: disa, lc2, mind, mi, sitk-mi, elastix (default all available)")
+    p.add_argument("--val-data", default=None, metavar="DIR",
+                   help="paper-style validation patch pairs for the DISA approximation error "
+                        "(build with: disa train --dense --build-only --source-dir ../shared/data --data DIR)")
     p.add_argument("--output-dir", default="bench-results", help="where to write results (default bench-results)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -191,7 +198,7 @@ def cmd_evaluate(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.output_dir, data_dir=args.data_dir, **_registration_kwargs(args))
+    run_demo(args.output_dir, data_dir=args.data_dir, scene_path=args.scene, **_registration_kwargs(args))
     return 0
 
 
@@ -200,7 +207,8 @@ def cmd_benchmark(args) -> int:
 
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     run_benchmark(runs=args.runs, max_rotation=args.max_rotation, max_translation=args.max_translation,
-                  methods=methods, output_dir=args.output_dir, seed=args.seed, device=args.device)
+                  methods=methods, output_dir=args.output_dir, seed=args.seed, device=args.device,
+                  val_data=args.val_data)
     return 0
 
 

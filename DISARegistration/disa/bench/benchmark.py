@@ -21,10 +21,11 @@ import numpy as np
 
 from ..errors import CancelledError, InputError
 
-#: Methods in report order; the first three are this engine's.
-METHODS = ("lc2", "mind", "mi", "sitk-mi", "elastix")
-ENGINE_METHODS = ("lc2", "mind", "mi")
+#: Methods in report order; the first four are this engine's.
+METHODS = ("disa", "lc2", "mind", "mi", "sitk-mi", "elastix")
+ENGINE_METHODS = ("disa", "lc2", "mind", "mi")
 OPTIMIZERS = {
+    "disa": "global search + L-BFGS, 2 levels",
     "lc2": "global search + BOBYQA, 2 levels",
     "mind": "global search + L-BFGS, 2 levels",
     "mi": "global search + L-BFGS, 2 levels",
@@ -36,6 +37,7 @@ OPTIMIZERS = {
 LC2_MEDIAN_MM, LC2_SHARE_5MM = 3.0, 0.90
 MIND_MEDIAN_MM, MIND_MAX_MM = 2.5, 5.0
 LC2_EVAL_MS = 40.0
+DISA_MEDIAN_MM, DISA_MAX_MM, DISA_MARGIN_MM = 2.5, 5.0, 0.5
 
 
 # helpers ----------------------------------------------------------------------------------------
@@ -168,6 +170,14 @@ class _Runner:
         self.worker = None
 
     def available(self) -> Optional[str]:
+        if self.method == "disa":
+            from ..features.weights import load_weights
+
+            try:
+                load_weights()
+            except InputError as exc:
+                return str(exc)
+            return None
         if self.method != "elastix":
             return None
         from .peers import ElastixWorker, elastix_available
@@ -216,7 +226,7 @@ class _Runner:
 def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: float = 10.0,
                   methods: Optional[Sequence[str]] = None, output_dir="bench-results", seed: int = 0,
                   device: str = "auto", data_dir=None, print_fn: Callable[[str], None] = print,
-                  log=None) -> dict:
+                  log=None, val_data: Optional[str] = None) -> dict:
     """Run the benchmark, print the report with ``print_fn``, write results.json/results.md.
 
     ``methods`` None runs every available method (elastix only with itk-elastix installed);
@@ -257,6 +267,7 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
         progress("timing one exact LC2 evaluation at 1 mm ...")
         lc2_eval = time_lc2_evaluation(fixed, moving, device)
         progress(f"LC2 evaluation: median {lc2_eval['median_ms']:.1f} ms")
+        disa_rows = _disa_rows(chosen, fixed, moving, fixed_lm, moving_lm, device, val_data, progress)
 
         cases = perturbations(int(runs), float(max_rotation), float(max_translation), seed, moving.center())
         for c in cases:
@@ -329,7 +340,7 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
                "total_seconds": time.perf_counter() - started}
     report = build_report(results, initial, floor, lc2_eval, dict(runs=int(runs), max_rotation=max_rotation,
                           max_translation=max_translation, seed=seed, device=str(resolve_device(device))),
-                          n_landmarks=len(fixed_lm.points), machine=machine)
+                          n_landmarks=len(fixed_lm.points), machine=machine, disa=disa_rows)
     data = {
         "benchmark": "disa benchmark: RESECT Case 24, US (fixed) <- T1 MR (moving), rigid",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -345,6 +356,7 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
         "tre_floor_at_truth": floor,
         "initial": initial,
         "lc2_evaluation": lc2_eval,
+        "disa": disa_rows,
         "perturbations": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in c.items()
                            if k != "moving_landmarks"} for c in cases],
         "methods": results,
@@ -369,8 +381,33 @@ def _json_default(o):
     return str(o)
 
 
+def _disa_rows(chosen, fixed, moving, fixed_lm, moving_lm, device, val_data, progress) -> Optional[dict]:
+    """Approximation and speed of the shipped DISA weights (None when DISA is not benchmarked)."""
+    if "disa" not in chosen:
+        return None
+    from ..features.weights import load_weights
+    from . import disa_checks
+
+    try:
+        model, meta = load_weights()
+    except InputError as exc:
+        return {"error": str(exc)}
+    rows: dict = {"weights_sha256": (meta or {}).get("sha256")}
+    progress("DISA: timing 128^3 descriptors, one DISA and one LC2 evaluation ...")
+    rows["descriptors_128"] = disa_checks.time_descriptors(model, 128, "cpu")
+    if device != "cpu" and __import__("torch").cuda.is_available():
+        rows["descriptors_256_cuda"] = disa_checks.time_descriptors(model, 256, "cuda")
+    rows["evaluation"] = disa_checks.time_evaluations(fixed, moving, device, model)
+    progress("DISA: similarity maps around the landmarks ...")
+    rows["maps"] = disa_checks.map_correlation(model, fixed, moving, fixed_lm.points, moving_lm.points)
+    if val_data:
+        progress(f"DISA: patch-wise L2 error on {val_data} ...")
+        rows["approximation"] = disa_checks.approximation(model, val_data)
+    return rows
+
+
 # the report -------------------------------------------------------------------------------------
-def _targets(results: Dict[str, dict], lc2_eval: dict) -> List[dict]:
+def _targets(results: Dict[str, dict], lc2_eval: dict, disa: Optional[dict] = None) -> List[dict]:
     def verdict(method, check):
         entry = results.get(method)
         if entry is None or not entry.get("available", False) or "summary" not in entry:
@@ -390,11 +427,52 @@ def _targets(results: Dict[str, dict], lc2_eval: dict) -> List[dict]:
     ms = lc2_eval["median_ms"]
     out.append({"target": f"one exact LC2 evaluation (radii 3,5,7, 1 mm grid) < {LC2_EVAL_MS:g} ms",
                 "measured": f"{ms:.1f} ms on {lc2_eval['device']}", "verdict": "PASS" if ms < LC2_EVAL_MS else "FAIL"})
+    if disa is None:
+        return out
+    from .disa_checks import DESCRIPTOR_128_MS, EVAL_SPEEDUP, L2_TARGET
+
+    best_peer = [results[m]["summary"]["median_tre"] for m in ("lc2", "mind")
+                 if results.get(m, {}).get("summary") and results[m]["summary"]["runs"]]
+    v, s = verdict("disa", lambda s: s["median_tre"] < DISA_MEDIAN_MM and s["failed"] == 0
+                   and s["max_tre"] < DISA_MAX_MM
+                   and (not best_peer or s["median_tre"] <= min(best_peer) + DISA_MARGIN_MM))
+    out.append({"target": f"DISA: median TRE < {DISA_MEDIAN_MM:g} mm, all runs < {DISA_MAX_MM:g} mm, median within "
+                          f"{DISA_MARGIN_MM:g} mm of the better of LC2 and MIND",
+                "measured": None if s is None else f"median {s['median_tre']:.2f} mm, max {s['max_tre']:.2f} mm"
+                + (f", best of LC2/MIND {min(best_peer):.2f} mm" if best_peer else ""), "verdict": v})
+    sitk = results.get("sitk-mi", {}).get("summary")
+    v, s = verdict("disa", lambda s: bool(sitk) and s["median_seconds"] < sitk["median_seconds"])
+    out.append({"target": "DISA rigid registration faster than SimpleITK Mattes-MI (median s)",
+                "measured": None if s is None else f"{s['median_seconds']:.1f} s vs "
+                + (f"{sitk['median_seconds']:.1f} s" if sitk else "sitk-mi not run"),
+                "verdict": v if sitk else "NOT RUN"})
+    if "error" in disa:
+        out.append({"target": "DISA weights", "measured": disa["error"], "verdict": "FAIL"})
+        return out
+    ap = disa.get("approximation")
+    out.append({"target": f"DISA patch-wise L2 error vs LC2 on validation pairs < {L2_TARGET:g}",
+                "measured": None if ap is None else f"{ap['val_mse']:.4f} (predicting the mean: {ap['constant_mse']:.4f}; "
+                f"{ap['pairs']} pairs)", "verdict": "NOT RUN" if ap is None else
+                ("PASS" if ap["val_mse"] < L2_TARGET else "FAIL")})
+    d = disa["descriptors_128"]
+    out.append({"target": f"DISA descriptors of a 128^3 volume < {DESCRIPTOR_128_MS:g} ms ({d['device']})",
+                "measured": f"{d['median_ms']:.0f} ms", "verdict": "PASS" if d["median_ms"] < DESCRIPTOR_128_MS else "FAIL"})
+    e = disa["evaluation"]
+    out.append({"target": f"one DISA evaluation >= {EVAL_SPEEDUP:g}x faster than one exact LC2 evaluation (1 mm level; "
+                          f"cost per pose scoring {e['batch']} poses per call)",
+                "measured": f"per pose {e['disa']['per_pose_ms']:.3f} ms vs {e['lc2']['per_pose_ms']:.1f} ms: "
+                            f"{e['speedup']:.0f}x; one call with one pose {e['disa']['median_ms']:.2f} ms vs "
+                            f"{e['lc2']['median_ms']:.1f} ms: {e['speedup_single_call']:.0f}x",
+                "verdict": "PASS" if e["speedup"] >= EVAL_SPEEDUP else "FAIL"})
+    if "descriptors_256_cuda" in disa:
+        g = disa["descriptors_256_cuda"]
+        out.append({"target": "DISA descriptors of a 256^3 volume on the GPU < 70 ms",
+                    "measured": f"{g['median_ms']:.1f} ms", "verdict": "PASS" if g["median_ms"] < 70 else "FAIL"})
     return out
 
 
 def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval: dict, settings: dict,
-                 n_landmarks: int, machine: Optional[dict] = None) -> dict:
+                 n_landmarks: int, machine: Optional[dict] = None, disa: Optional[dict] = None) -> dict:
     """The Markdown report (table, notes, targets) and the targets' verdicts."""
     engine_medians = [results[m]["summary"]["median_tre"] for m in ENGINE_METHODS
                       if m in results and results[m].get("summary") and results[m]["summary"]["runs"]]
@@ -440,7 +518,7 @@ def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval:
         "centre. sitk-mi is not initialized with CenteredTransformInitializer(GEOMETRY): the MR was resliced onto "
         "the ultrasound grid, so aligning the box centres would undo the perturbation's translation exactly, an "
         "oracle no real case offers.",
-        "lc2/mind/mi: disa.registration.register with its defaults (global search of 256 poses within +-10 deg/"
+        "disa/lc2/mind/mi: disa.registration.register with its defaults (global search of 256 poses within +-10 deg/"
         "+-15 mm at 2 mm, best 4 refined, then 1 mm; automatic ultrasound fan mask).",
         "sitk-mi: SimpleITK ImageRegistrationMethod, Mattes MI (50 bins), random sampling 15% (fixed seed), "
         "linear interpolation, Euler3DTransform, RegularStepGradientDescent (learning rate 2, min step 1e-4, "
@@ -455,7 +533,7 @@ def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval:
         "runs (robust to load spikes on a shared machine); results.json also holds the mean and every run. "
         "Torch uses all CPU cores; SimpleITK and elastix use ITK's default (all cores). elastix runs in a "
         "child process (crash isolation); its time is measured inside it.",
-        f"Ratios: each method's median TRE over the best median of the engine's methods (lc2, mind, mi) in this run"
+        f"Ratios: each method's median TRE over the best median of the engine's methods (disa, lc2, mind, mi) in this run"
         f" ({_fmt(best)} mm); each method's median s/registration over sitk-mi's ({_fmt(sitk_s, '.1f')} s) in this run.",
     ]
     machine = machine or {}
@@ -472,7 +550,13 @@ def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval:
         if entry.get("warm_up_error"):
             notes.append(f"{method}: warm-up raised {entry['warm_up_error']}")
     lines += ["", "Notes:"] + [f"- {n}" for n in notes]
-    targets = _targets(results, lc2_eval)
+    if disa and "maps" in disa:
+        m = disa["maps"]
+        lines += ["", f"DISA vs exact LC2 similarity maps ({m['landmarks']} Case 24 landmarks, {m['spacing_mm']:g} mm, "
+                      f"within {m['window_mm']:g} mm of the MR landmark): correlation median {m['correlation_median']:.2f} "
+                      f"(min {m['correlation_min']:.2f}); map peak to MR landmark, median: DISA "
+                      f"{m['peak_distance_disa_median_mm']:.1f} mm, LC2 {m['peak_distance_lc2_median_mm']:.1f} mm."]
+    targets = _targets(results, lc2_eval, disa)
     lines += ["", "Targets (from the issue):"]
     for t in targets:
         measured = t["measured"] or "not measured"

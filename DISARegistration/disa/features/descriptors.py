@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections import OrderedDict
 from typing import Optional, Sequence, Tuple, Union
 
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from ..spatial import Image, resample_to_spacing
+from ..spatial import Image, foreground_mask, resample_to_spacing
 from .network import CHANNELS, HALF_RECEPTIVE_FIELD, STRIDE
 
 #: Descriptor strides supported (input voxels between neighbouring descriptors).
@@ -53,12 +54,15 @@ QUANT_OFFSET = 128
 
 # -------------------------------------------------------------------------------------------------
 def normalized_input(image: Image) -> torch.Tensor:
-    """(Z, Y, X) float32 intensities with zero mean / unit std over the mask (or all voxels).
+    """(Z, Y, X) float32 intensities with zero mean / unit std over the mask, or, without one,
+    over ``foreground_mask(image, "auto")`` (zero padding is not anatomy): the same
+    normalization the training volumes get (``disa.train.synth.normalize``).
 
     Voxels outside the mask are set to 0, the mean, as the registration pipeline does.
     """
     data = image.data[0].float()
-    mask = None if image.mask is None else image.mask[0].to(data.device).bool()
+    fg = image.mask if image.mask is not None else foreground_mask(image, "auto")
+    mask = None if fg is None else fg[0].to(data.device).bool()
     values = data[mask] if mask is not None else data.flatten()
     if values.numel() < 2:
         raise InputError("cannot compute DISA descriptors: the image mask is empty")
@@ -206,63 +210,56 @@ def dequantize(q: torch.Tensor, scale: float = 1.0 / QUANT_SCALE) -> torch.Tenso
 
 
 # -------------------------------------------------------------------------------------------------
-def _tensor_fingerprint(t: torch.Tensor, samples: int = 4096) -> str:
-    """Hash of a strided sample of the values plus their sum (catches most in-place edits)."""
-    flat = t.detach().reshape(-1)
-    step = max(1, flat.numel() // samples)
-    sample = flat[::step].float().cpu().numpy().tobytes()
-    h = hashlib.sha1(sample)
-    h.update(repr(float(flat.double().sum())).encode())
-    return h.hexdigest()
-
-
-def _model_fingerprint(model: torch.nn.Module) -> str:
-    h = hashlib.sha1()
-    for p in model.parameters():
-        h.update(_tensor_fingerprint(p, 256).encode())
-    return h.hexdigest()
-
-
 class DescriptorCache:
-    """A small LRU cache of descriptor images, so the CNN runs once per volume.
+    """A small thread-safe LRU cache of descriptor images, so the CNN runs once per volume.
 
-    The key combines the tensor's identity (``id`` and data pointer), a hash of a strided
-    sample of its bytes and its sum, its geometry, its mask, the model's weights and the
-    parameters of :func:`compute_descriptors`. A new or edited volume misses the cache.
+    The key is a hash of the voxel bytes and mask, the geometry, the model's weights and the
+    parameters of :func:`compute_descriptors`: content, not tensor identity, because every
+    registration builds new level tensors from the same volumes (the Slicer logic extracts fresh
+    copies from the nodes on each run). Hashing costs a few ms per registration level; any edit
+    to a volume changes the key.
     """
 
     def __init__(self, max_items: int = 8):
         self.max_items = max_items
         self._items: "OrderedDict[tuple, Image]" = OrderedDict()
+        self._lock = threading.RLock()
         self.hits = self.misses = 0
 
     def key(self, image: Image, model, **params) -> tuple:
-        data = image.data
-        mask_key = None if image.mask is None else (image.mask.data_ptr(), _tensor_fingerprint(image.mask))
+        h = hashlib.sha1()
+        for t in (image.data, image.mask):
+            if t is not None:
+                h.update(repr((tuple(t.shape), str(t.dtype))).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        for a in (image.spacing, image.origin, image.direction):
+            h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+        for name, value in model.state_dict().items():
+            h.update(name.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
         spacing = params.get("spacing")
         params = dict(params, spacing=None if spacing is None else tuple(np.broadcast_to(
             np.asarray(spacing, dtype=np.float64), (3,)).tolist()))
-        return (id(data), data.data_ptr(), tuple(data.shape), str(data.dtype), str(data.device),
-                _tensor_fingerprint(data), image.spacing.tobytes(), image.origin.tobytes(),
-                image.direction.tobytes(), mask_key, id(model), _model_fingerprint(model),
-                tuple(sorted((k, repr(v)) for k, v in params.items())))
+        return (h.hexdigest(), str(image.data.device), tuple(sorted((k, repr(v)) for k, v in params.items())))
 
     def get(self, image: Image, model, **params) -> Image:
         """Descriptors of ``image`` (computed on a miss); arguments as :func:`compute_descriptors`."""
-        key = self.key(image, model, **params)
-        if key in self._items:
-            self.hits += 1
-            self._items.move_to_end(key)
-            return self._items[key]
-        self.misses += 1
-        result = compute_descriptors(image, model, **params)
-        self._items[key] = result
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
-        return result
+        with self._lock:
+            key = self.key(image, model, **params)
+            if key in self._items:
+                self.hits += 1
+                self._items.move_to_end(key)
+                return self._items[key]
+            self.misses += 1
+            result = compute_descriptors(image, model, **params)
+            self._items[key] = result
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+            return result
 
     def clear(self) -> None:
-        self._items.clear()
+        with self._lock:
+            self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)

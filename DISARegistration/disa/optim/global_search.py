@@ -31,17 +31,22 @@ def sample_poses(n_params: int, x0: np.ndarray, n: int, rotation_deg: float, tra
 
 def global_search(similarity: Callable[[torch.Tensor], torch.Tensor], x0: np.ndarray, *, n: int = 256,
                   rotation_deg: float = 10.0, translation_mm: float = 15.0, top_k: int = 4, seed: int = 0,
-                  monitor: Optional[Monitor] = None) -> np.ndarray:
+                  monitor: Optional[Monitor] = None, batch: int = 8) -> np.ndarray:
     """The ``top_k`` best of ``n`` sampled poses, best first, as (top_k, n_params)."""
     poses = sample_poses(len(x0), x0, n, rotation_deg, translation_mm, seed)
     scores = []
     with torch.no_grad():
         for chunk in np.array_split(poses, max(1, n // 32)):
-            s = similarity(torch.as_tensor(chunk)).cpu().numpy()
-            scores.append(s)
-            if monitor is not None:
-                for v in s:
-                    monitor.evaluated(-float(v))
+            # Batches of ``batch`` poses (the objective's own chunk, so scores are unchanged), with
+            # a cancel check before each: a whole chunk of LC² poses takes seconds on a busy CPU.
+            for part in torch.as_tensor(chunk).split(batch):
+                if monitor is not None:
+                    monitor.check()
+                s = similarity(part).cpu().numpy()
+                scores.append(s)
+                if monitor is not None:
+                    for v in s:
+                        monitor.evaluated(-float(v))
     scores = np.concatenate(scores)
     order = np.argsort(-scores, kind="stable")
     return poses[order[:top_k]]

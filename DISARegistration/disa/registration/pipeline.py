@@ -129,7 +129,7 @@ def register(fixed: Image, moving: Image, metric: Union[str, Similarity] = "lc2"
     +-``search_translation`` mm on the coarsest level and optimizes locally from the best
     ``search_starts`` of them. ``oversample``: the moving features live on a grid this many times
     finer than the working spacing (see ``moving_level``). ``cancel``: polled at every
-    evaluation; raises CancelledError.
+    evaluation, every global-search batch and between preparation steps; raises CancelledError.
     """
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -145,13 +145,17 @@ def register(fixed: Image, moving: Image, metric: Union[str, Similarity] = "lc2"
     if initial.shape != (4, 4) or not np.all(np.isfinite(initial)) or abs(np.linalg.det(initial[:3, :3])) < 1e-6:
         raise InputError("the initial transform must be an invertible 4x4 matrix")
 
-    fixed = prepare_image(fixed, "fixed image", fixed_mask)
-    moving = prepare_image(moving, "moving image", moving_mask)
-    model = make_model(transform, fixed.center())
-    spacings = list(spacings) if spacings else default_spacings(fixed, moving)
     if search not in ("local", "global"):
         raise InputError(f"unknown search {search!r}; use local or global")
+    # Cancel is also checked between the preparation steps (each can take a second on a busy
+    # CPU), so a cancelled run stops within one step, not only at the next evaluation.
     monitor = Monitor(progress, cancel)
+    fixed = prepare_image(fixed, "fixed image", fixed_mask)
+    monitor.check()
+    moving = prepare_image(moving, "moving image", moving_mask)
+    monitor.check()
+    model = make_model(transform, fixed.center())
+    spacings = list(spacings) if spacings else default_spacings(fixed, moving)
     x = model.identity()
     bounds = _bounds(model, x)
     reports: List[LevelReport] = []
@@ -163,8 +167,11 @@ def register(fixed: Image, moving: Image, metric: Union[str, Similarity] = "lc2"
         t0 = time.perf_counter()
         stage = f"level {level + 1}/{len(spacings)} ({spacing:g} mm)"
         f_level = resample_to_spacing(fixed, spacing).to(dev)
+        monitor.check()
         m_level = moving_level(moving, spacing, oversample).to(dev)
+        monitor.check()
         prepared = similarity.at_scale(min(spacings) / spacing).prepare(f_level, m_level)
+        monitor.check()
         objective = Objective(prepared, f_level, m_level, model, initial)
         if level == 0:
             overlap = objective.overlap(x)

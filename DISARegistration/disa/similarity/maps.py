@@ -97,11 +97,13 @@ def lc2_patch_map(patch: torch.Tensor, a: torch.Tensor, g: torch.Tensor, ridge: 
 
 def similarity_map(point_lps, image_a: Image, image_b: Image, metric: str = "disa",
                    model: Optional[torch.nn.Module] = None, radii: Sequence[int] = (3, 5, 7),
-                   mind_radius: int = 2, mind_dilation: int = 2) -> Image:
+                   mind_radius: int = 2, mind_dilation: int = 2, cache=None) -> Image:
     """Similarity of ``image_a`` at ``point_lps`` (LPS mm) to every voxel of ``image_b``.
 
     Returns an Image on B's grid (higher = more similar; B's mask kept). ``model``: the DISA
-    network (default: the shipped weights). See the module docstring for each metric.
+    network (default: the shipped weights). ``cache``: a DescriptorCache for B's descriptors,
+    which do not depend on the point (maps at many points of one pair run the CNN on B once).
+    See the module docstring for each metric.
     """
     metric = metric.lower()
     if metric not in METRICS:
@@ -116,7 +118,7 @@ def similarity_map(point_lps, image_a: Image, image_b: Image, metric: str = "dis
             model = load_weights()[0]
         da = compute_descriptors(a_frame, model)
         vec = da.data[:, idx[0] // STRIDE, idx[1] // STRIDE, idx[2] // STRIDE]
-        db = compute_descriptors(b, model)
+        db = compute_descriptors(b, model) if cache is None else cache.get(b, model)
         up = resample_image(db, b.same_geometry(b.data, None)).data
         out = (up * vec.view(-1, 1, 1, 1)).sum(0)
     elif metric == "mind":

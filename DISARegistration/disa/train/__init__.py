@@ -60,6 +60,13 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     t.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     t.add_argument("--seed", type=int, default=0, help="seed of the data sampling and the training (default 0)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    d = p.add_argument_group("dense training (--dense: 64^3 crop pairs, 512 targets each; what a CPU can afford)")
+    d.add_argument("--dense", action="store_true",
+                   help="train on dense crop pairs rendered on the fly from --source-dir; --data then holds the "
+                        "paper-style validation pairs (built there from held-out volume pairs with --build)")
+    d.add_argument("--steps", type=int, default=100000, help="dense training steps (default 100000; see --time-limit)")
+    d.add_argument("--batch-pairs", type=int, default=2, help="crop pairs per dense step (default 2)")
+    d.add_argument("--eval-every", type=int, default=200, help="validate and checkpoint every N dense steps (default 200)")
 
 
 def run_from_args(args) -> int:

@@ -526,10 +526,52 @@ def _train(config, device, say, net_class, save_weights) -> TrainReport:
 
 
 # ---------------------------------------------------------------------------------------------
+#: Validation material of dense training: volume pairs the dense stream never renders.
+DENSE_VAL_US = ("Case26", "Case27")
+DENSE_VAL_SEED = 777001
+
+
+def dense_validation_specs(data_dir: str) -> List[PairSpec]:
+    """Five synthetic pairs (a seed the dense stream does not use) and the two held-out
+    ultrasound volumes with a template partner: the paper-style validation pairs."""
+    specs = make_pair_specs(data_dir, n_synthetic=5, us_pairs_per_file=0, seed=DENSE_VAL_SEED)
+    for i, case in enumerate(DENSE_VAL_US):
+        path = os.path.join(os.fspath(data_dir), "resect", "us_only", f"{case}-US.nii.gz")
+        if os.path.exists(path):
+            specs.append(PairSpec("us", 4242 + i, "mni", "t2", None, None, os.path.abspath(path)))
+    return specs
+
+
+def _run_dense(args, progress: bool) -> int:
+    from .dense import DenseConfig, train_dense
+
+    if not args.source_dir:
+        raise InputError("--dense needs --source-dir (the folder holding templates/ and resect/us_only/)")
+    if args.build or args.build_only:
+        summary = build_dataset(args.data, dense_validation_specs(args.source_dir), 200, seed=DENSE_VAL_SEED,
+                                data_dir=args.source_dir, candidates=1000, progress=progress)
+        print(f"built {summary['pairs']} validation pairs in {args.data}")
+        if args.build_only:
+            return 0
+    config = DenseConfig(source_dir=args.source_dir, out_dir=args.output_dir, val_data=args.data, steps=args.steps,
+                         batch_pairs=args.batch_pairs, lr=args.lr, weight_decay=args.weight_decay,
+                         warmup_steps=args.warmup_steps, eval_every=args.eval_every, seed=args.seed,
+                         device=args.device, threads=args.threads, time_limit_s=args.time_limit,
+                         resume=args.resume, exclude_us=DENSE_VAL_US)
+    report = train_dense(config, progress=print if progress else (lambda m: None))
+    print(f"wrote {report['weights']} (sha256 {report['sha256']})")
+    with open(os.path.join(args.output_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # command line (wired as ``disa train`` by disa/cli.py; options in disa.train.add_train_arguments)
 def run_from_args(args) -> int:
     """Run ``disa train`` from parsed arguments; prints the report, writes report.json."""
     progress = not args.quiet
+    if getattr(args, "dense", False):
+        return _run_dense(args, progress)
     if args.build or args.build_only:
         sources: list = []
         if args.source_dir:

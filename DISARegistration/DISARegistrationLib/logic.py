@@ -1,0 +1,550 @@
+"""The module's logic without Qt: registration (synchronous or on a worker thread), landmark
+errors into a table, registered landmarks and similarity maps, on any MRML scene.
+
+    logic = RegistrationLogic(scene)                    # slicer.mrmlScene inside Slicer
+    transformNode = logic.register(usNode, mrNode, metric="mind", search="global")
+    job = logic.registerAsync(usNode, mrNode)           # poll job.done, then job.finish()
+    stats = logic.computeFRE(transformNode, usLandmarks, mrLandmarks)
+
+Frames (see mrml_bridge): the engine registers the volumes' *local* frames; the output transform's
+"to parent" maps the moving volume's local frame to world, so the moving volume placed directly
+under it lands on the fixed volume as shown (including the fixed volume's own parents). Its ITK
+file is the CLI's output for the same inputs.
+
+Threads: MRML nodes are created and changed only on the thread that calls ``register`` or polls
+the job (the scene's thread). The worker only runs the engine on Image copies taken before it
+starts, so a cancelled or failed run leaves the scene exactly as it was.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import vtk
+
+from disa.errors import CancelledError, InputError
+from disa.features.descriptors import DescriptorCache
+
+from . import mrml_bridge as bridge
+
+__all__ = ["RegistrationLogic", "RegistrationJob"]
+
+#: Colour table for similarity maps, when the scene has Slicer's default colour nodes.
+MAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeRainbow"
+#: Row names of the summary rows of the FRE table, with the statistic each shows.
+FRE_SUMMARY_ROWS = (("mean", "mean"), ("median", "median"), ("75th percentile", "p75"), ("max", "max"))
+FRE_COLUMNS = ("label", "error before (mm)", "error after (mm)")
+
+
+@dataclass
+class _Run:
+    """Everything one registration needs: engine inputs (copies) and the nodes to fill later."""
+
+    engine: Dict[str, Any]
+    fixedNode: Any
+    movingNode: Any
+    outputTransformNode: Any
+    outputVolumeNode: Any
+    fixedToWorld: np.ndarray
+    metricName: str
+
+
+def _isUnder(node, transformNode) -> bool:
+    """Whether ``transformNode`` is among the parent transforms of ``node``."""
+    parent = node.GetParentTransformNode()
+    while parent is not None:
+        if parent.GetID() == transformNode.GetID():
+            return True
+        parent = parent.GetParentTransformNode()
+    return False
+
+
+def _asCancelCallable(cancel) -> Optional[Callable[[], bool]]:
+    if cancel is None:
+        return None
+    if hasattr(cancel, "is_set"):  # threading.Event
+        return cancel.is_set
+    if not callable(cancel):
+        raise InputError("cancel must be a callable returning True to stop, or a threading.Event")
+    return cancel
+
+
+def _spacings(resolution) -> Optional[List[float]]:
+    """Working spacings from ``resolution``: one number r gives the two levels (2r, r)."""
+    if resolution is None:
+        return None
+    values = [float(v) for v in np.atleast_1d(np.asarray(resolution, dtype=np.float64))]
+    if not values or not all(np.isfinite(v) and v > 0 for v in values):
+        raise InputError(f"the resolution must be positive millimetres, got {resolution!r}")
+    return [2.0 * values[0], values[0]] if len(values) == 1 else values
+
+
+class RegistrationLogic:
+    """Registration and evaluation on the MRML ``scene`` (no Qt, no slicer.app).
+
+    ``device``: "auto", "cpu" or "cuda". ``threads``: torch CPU threads for the engine. A worker
+    (``registerAsync``) uses ``threads``, by default one fewer than torch would use: torch's
+    OpenMP threads busy-wait between operations, and on a small CPU they would starve Slicer's
+    GUI thread, which must keep repainting and polling the job. ``register`` on the calling
+    thread changes torch's setting only when ``threads`` is given.
+    """
+
+    def __init__(self, scene, device: str = "auto", threads: Optional[int] = None):
+        if scene is None:
+            raise InputError("RegistrationLogic needs an MRML scene")
+        self.scene = scene
+        self.device = device
+        self.threads = threads
+        #: The engine's RegistrationResult of the last successful run.
+        self.lastResult = None
+        #: DISA descriptors of unchanged volumes are reused across registrations.
+        self.descriptorCache = DescriptorCache()
+
+    # registration -------------------------------------------------------------------------------
+    def register(self, fixedVolumeNode, movingVolumeNode, metric="disa", transform="rigid", search="local",
+                 initialTransformNode=None, outputTransformNode=None, outputVolumeNode=None,
+                 searchRotation=10.0, searchTranslation=15.0, resolution=None, maxEvaluations=None,
+                 seed=0, progress=None, cancel=None, **engineOptions):
+        """Register ``movingVolumeNode`` to ``fixedVolumeNode``; returns the output transform node.
+
+        ``metric``: lc2, disa, mind, mi, ncc, lncc, ngf, mse or a weighted sum ("0.5*lc2+0.5*mind").
+        ``transform``: rigid or affine. ``search``: "local" (from the start pose) or "global"
+        (+-``searchRotation`` degrees, +-``searchTranslation`` mm first). The start pose is
+        ``initialTransformNode`` (moving -> world, as Slicer shows it) or where the moving volume is
+        shown now. ``resolution``: finest working spacing in mm (levels 2r and r), or a list of
+        spacings, coarse to fine; None chooses from the image size. ``maxEvaluations``: per level
+        and start. ``progress(stage, fraction, message)``; ``cancel``: callable returning True, or
+        a threading.Event (raises disa.errors.CancelledError). ``engineOptions`` go to
+        ``disa.registration.register`` unchanged (optimizer, search_samples, fixed_mask, ...).
+
+        The output transform node (a new vtkMRMLLinearTransformNode if None) and the optional
+        output volume (the moving volume resampled on the fixed grid) are written only after the
+        engine succeeded; input nodes are never modified. Raises InputError for fixable problems.
+        """
+        run = self._prepare(fixedVolumeNode, movingVolumeNode, metric, transform, search, initialTransformNode,
+                            outputTransformNode, outputVolumeNode, searchRotation, searchTranslation, resolution,
+                            maxEvaluations, seed, engineOptions)
+        engineResult = self._runEngine(run, progress, _asCancelCallable(cancel), self.threads)
+        return self._finish(run, engineResult)
+
+    def registerAsync(self, fixedVolumeNode, movingVolumeNode, metric="disa", transform="rigid", search="local",
+                      initialTransformNode=None, outputTransformNode=None, outputVolumeNode=None,
+                      searchRotation=10.0, searchTranslation=15.0, resolution=None, maxEvaluations=None,
+                      seed=0, progress=None, cancel=None, **engineOptions) -> "RegistrationJob":
+        """``register`` with the engine on a worker thread; returns the running RegistrationJob.
+
+        Inputs are checked and copied now (errors raise here). Poll ``job.done`` (a timer in
+        Slicer), then call ``job.finish()`` on this thread: it creates/updates the output nodes and
+        returns the output transform node. ``progress`` is called from ``job.poll()``/``wait()`` on
+        the polling thread, never from the worker.
+        """
+        run = self._prepare(fixedVolumeNode, movingVolumeNode, metric, transform, search, initialTransformNode,
+                            outputTransformNode, outputVolumeNode, searchRotation, searchTranslation, resolution,
+                            maxEvaluations, seed, engineOptions)
+        return RegistrationJob(self, run, progress, _asCancelCallable(cancel))
+
+    def _workerThreads(self) -> int:
+        import torch
+
+        return self.threads or max(1, torch.get_num_threads() - 1)
+
+    def _similarity(self, metric):
+        """The metric for the engine: DISA terms get this logic's content-keyed descriptor cache."""
+        if not isinstance(metric, str):
+            return metric  # a Similarity built by the caller, used as it is
+        if "disa" not in metric.lower():
+            return metric  # the engine builds it exactly as the CLI does
+        from disa.similarity import make_similarity
+
+        similarity = make_similarity(metric)  # loads (and checks) the DISA weights now, not in the worker
+        for part in [similarity] + [s for _, s in getattr(similarity, "parts", [])]:
+            if getattr(part, "name", "") == "disa":
+                part.cache = self.descriptorCache
+        return similarity
+
+    def _prepare(self, fixedNode, movingNode, metric, transform, search, initialNode, outputTransformNode,
+                 outputVolumeNode, searchRotation, searchTranslation, resolution, maxEvaluations, seed,
+                 engineOptions) -> _Run:
+        from disa.registration.pipeline import resolve_device
+        from disa.spatial.image import check_image
+
+        if fixedNode is None or movingNode is None:
+            raise InputError("select both a fixed and a moving volume")
+        for node, what in ((fixedNode, "fixed volume"), (movingNode, "moving volume")):
+            if node.GetScene() is not self.scene:
+                raise InputError(f"the {what} '{node.GetName()}' is not in this logic's scene")
+        if fixedNode.GetID() == movingNode.GetID():
+            raise InputError("the fixed and the moving volume must be different volumes")
+        if outputVolumeNode is not None and outputVolumeNode.GetID() in (fixedNode.GetID(), movingNode.GetID()):
+            raise InputError("the output volume must not be one of the input volumes; create a new volume for it")
+        if outputTransformNode is not None:
+            if not outputTransformNode.IsA("vtkMRMLTransformNode"):
+                raise InputError(f"output transform '{outputTransformNode.GetName()}' is not a transform node")
+            if not outputTransformNode.IsLinear() and transform in ("rigid", "affine"):
+                # Checked now rather than after a long run (a dense model would take grid nodes).
+                raise InputError(f"output transform '{outputTransformNode.GetName()}' is not linear; choose a "
+                                 "linear transform node for a rigid or affine result")
+            if _isUnder(fixedNode, outputTransformNode):
+                raise InputError("the fixed volume is under the output transform; choose another output "
+                                 "transform or move the fixed volume out from under it")
+        if search not in ("local", "global"):
+            raise InputError(f"unknown search {search!r}; use local or global")
+        if transform not in ("rigid", "affine"):
+            raise InputError(f"unknown transform {transform!r}; use rigid or affine")
+        spacings = _spacings(resolution)
+        if spacings is not None and "spacings" in engineOptions:
+            raise InputError("give either resolution or spacings, not both")
+        resolve_device(self.device)  # a missing GPU is reported now, not from the worker
+
+        fixedImage = bridge.image_from_volume_node(fixedNode, "fixed volume")
+        movingImage = bridge.image_from_volume_node(movingNode, "moving volume")
+        check_image(fixedImage, f"fixed volume '{fixedNode.GetName()}'")
+        check_image(movingImage, f"moving volume '{movingNode.GetName()}'")
+        # Engine frames are the volumes' own (local) frames: fixed local -> moving local.
+        fixedToWorld = bridge.local_to_world_lps(fixedNode)
+        if initialNode is not None:
+            worldToMoving = bridge.itk_matrix_from_transform_node(initialNode, world=True)
+        else:
+            worldToMoving = np.linalg.inv(bridge.local_to_world_lps(movingNode))
+        if outputTransformNode is not None:
+            bridge.local_to_world_lps(outputTransformNode)  # its parents must be linear, checked now
+
+        engine = dict(fixed=fixedImage, moving=movingImage, metric=self._similarity(metric), transform=transform,
+                      initial=worldToMoving @ fixedToWorld, search=search, search_rotation=float(searchRotation),
+                      search_translation=float(searchTranslation), max_evals=maxEvaluations, seed=int(seed),
+                      device=self.device, resample=outputVolumeNode is not None)
+        if spacings is not None:
+            engine["spacings"] = spacings
+        engine.update(engineOptions)
+        metricName = metric if isinstance(metric, str) else getattr(metric, "name", str(metric))
+        return _Run(engine, fixedNode, movingNode, outputTransformNode, outputVolumeNode, fixedToWorld, metricName)
+
+    @staticmethod
+    def _runEngine(run: _Run, progress, cancel, threads: Optional[int]):
+        """The engine part of a run: touches no MRML node (safe on a worker thread)."""
+        import torch
+        from disa.registration import register
+        from disa.spatial import resample_image
+
+        kwargs = dict(run.engine)
+        resample = kwargs.pop("resample")
+        previous = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(int(threads))
+        try:
+            result = register(progress=progress, cancel=cancel, **kwargs)
+            resampled = None
+            if resample:
+                if cancel is not None and cancel():
+                    raise CancelledError("registration cancelled")
+                resampled = resample_image(kwargs["moving"], kwargs["fixed"], result.matrix)
+        finally:
+            if threads:
+                torch.set_num_threads(previous)
+        return result, resampled
+
+    def _finish(self, run: _Run, engineResult):
+        """Write a finished run into the scene (on the scene's thread); returns the transform node."""
+        result, resampled = engineResult
+        for node in (run.fixedNode, run.movingNode, run.outputTransformNode, run.outputVolumeNode):
+            if node is not None and node.GetScene() is not self.scene:
+                raise InputError(f"'{node.GetName()}' was removed from the scene during the registration")
+        result.metric = run.metricName
+        displacement = getattr(result, "displacement", None)  # dense results (not in the engine yet)
+        node = run.outputTransformNode
+        nodeClass = "vtkMRMLGridTransformNode" if displacement is not None else "vtkMRMLLinearTransformNode"
+        if displacement is not None and node is not None and not node.IsA(nodeClass):
+            raise InputError(f"a dense result needs a grid transform node, not '{node.GetName()}'")
+        if displacement is not None and (not np.allclose(run.fixedToWorld, np.eye(4))
+                                         or (node is not None and node.GetParentTransformNode() is not None)):
+            raise InputError("dense results need the fixed volume and the output transform without parent "
+                             "transforms; harden them first")
+        if node is None:
+            name = f"{run.movingNode.GetName()} to {run.fixedNode.GetName()}"
+            node = self.scene.AddNewNodeByClass(nodeClass, self.scene.GenerateUniqueName(name))
+        if displacement is not None:
+            # Fixed local (= world) -> moving local, stored as the node's "from parent".
+            bridge.set_grid_transform_node_from_displacement(node, displacement)
+        else:
+            # World -> moving local, expressed relative to the output transform's own parent.
+            worldMatrix = result.matrix @ np.linalg.inv(run.fixedToWorld) @ bridge.local_to_world_lps(node)
+            bridge.set_linear_transform_node_from_itk(node, worldMatrix)
+        bridge.set_registration_references(node, run.fixedNode, run.movingNode)
+        if run.outputVolumeNode is not None and resampled is not None:
+            bridge.update_volume_node_from_image(run.outputVolumeNode, resampled)
+            run.outputVolumeNode.SetAndObserveTransformNodeID(run.fixedNode.GetTransformNodeID())
+        self.lastResult = result
+        return node
+
+    # landmarks ----------------------------------------------------------------------------------
+    def _worldToMovingFrame(self, transformNode):
+        """(N, 3) LPS world points -> the frame below ``transformNode`` (identity for None)."""
+        if transformNode is None:
+            return lambda p: np.array(p, dtype=np.float64)
+        if transformNode.IsTransformToWorldLinear():
+            m = bridge.itk_matrix_from_transform_node(transformNode, world=True)
+            return lambda p: p @ m[:3, :3].T + m[:3, 3]  # as disa.evaluate.transform_points
+        fromWorld = vtk.vtkGeneralTransform()
+        transformNode.GetTransformFromWorld(fromWorld)
+        flip = np.array([-1.0, -1.0, 1.0])
+        return lambda p: np.array([np.asarray(fromWorld.TransformPoint(*(q * flip))) * flip for q in p]).reshape(-1, 3)
+
+    def _movingPoints(self, movingLandmarksNode, transformNode) -> np.ndarray:
+        """Moving landmarks in the moving frame (the one ``transformNode`` maps to world).
+
+        Landmarks that already sit under ``transformNode`` are taken back through it; others are
+        taken where they are (they mark the moving volume's content as loaded).
+        """
+        points = bridge.landmarks_from_markups(movingLandmarksNode)
+        if transformNode is not None and _isUnder(movingLandmarksNode, transformNode):
+            points = self._worldToMovingFrame(transformNode)(points)
+        return points
+
+    @staticmethod
+    def _pairs(fixedLabels: Sequence[str], movingLabels: Sequence[str]) -> List[int]:
+        """Index of the moving landmark paired with each fixed one: by label when both lists hold
+        the same unique labels (in any order), else by order."""
+        if (len(set(fixedLabels)) == len(fixedLabels) and sorted(fixedLabels) == sorted(movingLabels)):
+            index = {label: i for i, label in enumerate(movingLabels)}
+            return [index[label] for label in fixedLabels]
+        return list(range(len(fixedLabels)))
+
+    def _landmarkPairs(self, transformNode, fixedLandmarksNode, movingLandmarksNode):
+        fixed = bridge.landmarks_from_markups(fixedLandmarksNode)
+        moving = self._movingPoints(movingLandmarksNode, transformNode)
+        if len(fixed) == 0 or len(moving) == 0:
+            empty = fixedLandmarksNode if len(fixed) == 0 else movingLandmarksNode
+            raise InputError(f"the landmark list '{empty.GetName()}' has no points")
+        if len(fixed) != len(moving):
+            raise InputError(f"landmark counts differ: {len(fixed)} fixed ('{fixedLandmarksNode.GetName()}') vs "
+                             f"{len(moving)} moving ('{movingLandmarksNode.GetName()}'); pairs are matched by order")
+        fixedLabels = bridge.markup_labels(fixedLandmarksNode)
+        movingLabels = bridge.markup_labels(movingLandmarksNode)
+        order = self._pairs(fixedLabels, movingLabels)
+        labels = [f if f == movingLabels[j] else f"{f} / {movingLabels[j]}" for f, j in zip(fixedLabels, order)]
+        return fixed, moving[order], labels
+
+    def computeFRE(self, transformNode, fixedLandmarksNode, movingLandmarksNode, tableNode=None) -> dict:
+        """Landmark error before and after ``transformNode``, into a table node; returns the numbers.
+
+        Per pair: ||T(p_fixed) - p_moving|| in mm with T the transform's world -> moving-frame
+        mapping (identity "before"), fixed points in world and moving points in the moving frame:
+        exactly ``disa evaluate`` on the transform's ITK file and the landmarks' files. The table
+        (created if ``tableNode`` is None; its contents are replaced) has columns label,
+        error before (mm), error after (mm), one row per pair, then rows mean, median,
+        75th percentile and max. The returned dict has flat summary numbers ("n",
+        "mean before", "mean after", "median after", "75th percentile after", "max after"), the
+        full statistics ("before", "after": disa.evaluate.error_statistics), per-pair "labels",
+        "errorsBefore", "errorsAfter", and "tableNode".
+        """
+        from disa.evaluate import error_statistics, registration_errors
+
+        fixed, moving, labels = self._landmarkPairs(transformNode, fixedLandmarksNode, movingLandmarksNode)
+        before = registration_errors(np.eye(4), fixed, moving)
+        after = registration_errors(self._worldToMovingFrame(transformNode), fixed, moving)
+        statsBefore, statsAfter = error_statistics(before), error_statistics(after)
+
+        table = vtk.vtkTable()
+        columns = [vtk.vtkStringArray(), vtk.vtkDoubleArray(), vtk.vtkDoubleArray()]
+        for column, name in zip(columns, FRE_COLUMNS):
+            column.SetName(name)
+            table.AddColumn(column)
+        rows = [(label, b, a) for label, b, a in zip(labels, before, after)]
+        rows += [(row, statsBefore[key], statsAfter[key]) for row, key in FRE_SUMMARY_ROWS]
+        for label, b, a in rows:
+            columns[0].InsertNextValue(label)
+            columns[1].InsertNextValue(float(b))
+            columns[2].InsertNextValue(float(a))
+        if tableNode is None:
+            tableNode = self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName("FRE"))
+        was = tableNode.StartModify()
+        try:
+            tableNode.SetAndObserveTable(table)
+            tableNode.SetUseColumnTitleAsColumnHeader(True)
+            for name in FRE_COLUMNS[1:]:
+                tableNode.SetColumnUnitLabel(name, "mm")
+            tableNode.SetColumnDescription(FRE_COLUMNS[1], "landmark distance without the registration")
+            tableNode.SetColumnDescription(FRE_COLUMNS[2], "landmark distance after the registration")
+        finally:
+            tableNode.EndModify(was)
+        summary = {"n": statsAfter["n"], "mean before": statsBefore["mean"], "mean after": statsAfter["mean"],
+                   "median after": statsAfter["median"], "75th percentile after": statsAfter["p75"],
+                   "max after": statsAfter["max"]}
+        summary.update(before=statsBefore, after=statsAfter, labels=labels, errorsBefore=before.tolist(),
+                       errorsAfter=after.tolist(), tableNode=tableNode)
+        return summary
+
+    def registeredLandmarks(self, movingLandmarksNode, transformNode, outputNode=None):
+        """The moving landmarks under the result: a markups point list observing ``transformNode``.
+
+        The copy holds the moving landmarks' moving-frame positions and sits under the transform
+        (not hardened), so it lands on the fixed landmarks as the moving volume lands on the fixed
+        volume, and follows the transform if it is refined later. ``outputNode`` (replaced) or a new
+        node; the moving landmarks node itself is not changed.
+        """
+        if outputNode is not None and outputNode.GetID() == movingLandmarksNode.GetID():
+            raise InputError("the registered landmarks need their own node, not the moving landmarks")
+        points = self._movingPoints(movingLandmarksNode, transformNode)
+        labels = bridge.markup_labels(movingLandmarksNode)
+        if outputNode is None:
+            name = self.scene.GenerateUniqueName(f"{movingLandmarksNode.GetName()} registered")
+            outputNode = self.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", name)
+        outputNode.SetAndObserveTransformNodeID(None)  # place the points in the moving frame first
+        bridge.markups_from_points(outputNode, points, labels)
+        outputNode.SetAndObserveTransformNodeID(transformNode.GetID() if transformNode is not None else None)
+        if outputNode.GetDisplayNode() is None:
+            outputNode.CreateDefaultDisplayNodes()
+        return outputNode
+
+    # similarity map -----------------------------------------------------------------------------
+    def similarityMap(self, fixedVolumeNode, movingVolumeNode, pointRAS, metric="disa", transformNode=None,
+                      outputVolumeNode=None):
+        """Similarity of the fixed volume at ``pointRAS`` (world) to every moving voxel.
+
+        Returns a scalar volume node on the moving volume's grid (``outputVolumeNode`` or a new
+        one), placed like the moving volume: under ``transformNode`` when given (the moving frame
+        -> world mapping to compare in), else under the moving volume's own parent. ``metric``:
+        disa, lc2 or mind (disa.similarity.maps). The frames are related by that linear mapping;
+        an affine one with shear is approximated by its column scales in the map's resampling.
+        """
+        import torch
+        from disa.similarity.maps import similarity_map
+        from disa.spatial import Image
+
+        if fixedVolumeNode is None or movingVolumeNode is None:
+            raise InputError("select both a fixed and a moving volume")
+        if outputVolumeNode is not None and outputVolumeNode.GetID() in (fixedVolumeNode.GetID(),
+                                                                         movingVolumeNode.GetID()):
+            raise InputError("the similarity map needs its own volume node, not an input volume")
+        fixed = bridge.image_from_volume_node(fixedVolumeNode, "fixed volume")
+        moving = bridge.image_from_volume_node(movingVolumeNode, "moving volume")
+        if transformNode is not None:
+            movingToWorld = np.linalg.inv(bridge.itk_matrix_from_transform_node(transformNode, world=True))
+            parentID = transformNode.GetID()
+        else:
+            movingToWorld = bridge.local_to_world_lps(movingVolumeNode)
+            parentID = movingVolumeNode.GetTransformNodeID()
+        # Compare in the moving frame: the fixed image's geometry moved there (exact when rigid).
+        fixedToMoving = np.linalg.inv(movingToWorld) @ bridge.local_to_world_lps(fixedVolumeNode)
+        indexToMoving = fixedToMoving @ fixed.index_to_world()
+        spacing = np.linalg.norm(indexToMoving[:3, :3], axis=0)
+        fixedInMoving = Image(fixed.data, spacing, indexToMoving[:3, 3], indexToMoving[:3, :3] / spacing, fixed.mask)
+        point = np.asarray(pointRAS, dtype=np.float64).reshape(3) * [-1.0, -1.0, 1.0]
+        point = (np.linalg.inv(movingToWorld) @ np.r_[point, 1.0])[:3]
+        with torch.no_grad():
+            # The moving volume's DISA descriptors are reused for maps at other points.
+            result = similarity_map(point, fixedInMoving, moving, metric=metric, cache=self.descriptorCache)
+        if outputVolumeNode is None:
+            name = self.scene.GenerateUniqueName(f"{metric} similarity map")
+            outputVolumeNode = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        bridge.update_volume_node_from_image(outputVolumeNode, result.same_geometry(result.data, None))
+        outputVolumeNode.SetAndObserveTransformNodeID(parentID)
+        display = outputVolumeNode.GetDisplayNode()
+        if display is not None and self.scene.GetNodeByID(MAP_COLOR_NODE_ID) is not None:
+            display.SetAndObserveColorNodeID(MAP_COLOR_NODE_ID)
+            display.AutoWindowLevelOn()
+        return outputVolumeNode
+
+
+class RegistrationJob:
+    """A registration running on a worker thread (see RegistrationLogic.registerAsync).
+
+    ``done``: the worker has stopped (finished, failed or cancelled). ``error``: the exception
+    (disa.errors.CancelledError when cancelled), else None. ``progress``: the latest
+    (stage, fraction, message) or None. ``elapsed``: seconds since the start (until the worker
+    stopped). ``result``: the output transform node once the job is finished on the scene's thread
+    (``finish()``, or reading ``result``/``poll()`` there after the worker stopped).
+    """
+
+    def __init__(self, logic: RegistrationLogic, run: _Run, progress=None, cancel=None):
+        self._logic, self._run = logic, run
+        self._userProgress, self._userCancel = progress, cancel
+        self._cancelEvent = threading.Event()
+        self._owner = threading.get_ident()
+        self._engineResult = None
+        self._finished = False
+        self._reported = None
+        self.progress = None
+        self.error: Optional[BaseException] = None
+        self._result = None
+        self._started = time.perf_counter()
+        self._ended: Optional[float] = None
+        self._thread = threading.Thread(target=self._work, name="DISA registration", daemon=True)
+        self._thread.start()
+
+    def _cancelled(self) -> bool:
+        return self._cancelEvent.is_set() or (self._userCancel is not None and bool(self._userCancel()))
+
+    def _onProgress(self, stage, fraction, message):
+        self.progress = (stage, float(fraction), message)  # one assignment: atomic for readers
+
+    def _work(self):
+        try:
+            self._engineResult = self._logic._runEngine(self._run, self._onProgress, self._cancelled,
+                                                        self._logic._workerThreads())
+        except BaseException as exc:  # reported through .error / finish() on the scene's thread
+            self.error = exc
+        finally:
+            self._ended = time.perf_counter()
+
+    # control ------------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask the worker to stop at its next check (within a second); no node is changed."""
+        self._cancelEvent.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return isinstance(self.error, CancelledError)
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    @property
+    def elapsed(self) -> float:
+        return (self._ended if self._ended is not None else time.perf_counter()) - self._started
+
+    def poll(self) -> bool:
+        """Forward the latest progress to the callback and, once the worker stopped, write the
+        result into the scene (only on the thread that started the job). Returns ``done``."""
+        if self._userProgress is not None and self.progress is not None and self.progress != self._reported:
+            self._reported = self.progress
+            self._userProgress(*self.progress)
+        done = self.done
+        if done and not self._finished and threading.get_ident() == self._owner:
+            self._finalize()
+        return done
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until the worker stopped (or ``timeout`` seconds passed); returns ``done``."""
+        self._thread.join(timeout)
+        return self.poll()
+
+    def _finalize(self):
+        self._finished = True
+        if self.error is not None:
+            return
+        try:
+            self._result = self._logic._finish(self._run, self._engineResult)
+        except BaseException as exc:
+            self.error = exc
+
+    @property
+    def result(self):
+        self.poll()
+        return self._result
+
+    def finish(self):
+        """Wait for the worker, write the result into the scene; returns the output transform node.
+
+        Raises the run's error (CancelledError when cancelled). Call it on the scene's thread.
+        """
+        if threading.get_ident() != self._owner:
+            raise RuntimeError("RegistrationJob.finish() must be called on the thread that started the job")
+        self.wait()
+        if self.error is not None:
+            raise self.error
+        return self._result
