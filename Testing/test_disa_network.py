@@ -146,14 +146,14 @@ def test_output_voxel_k_is_centred_on_input_voxel_4k():
 def test_tiled_inference_equals_whole_volume(monkeypatch):
     model = distinct_model(5)
     img = Image.from_array(smooth_volume((37, 41, 30), seed=5, sigma=1.0), spacing=(0.8, 1.0, 1.2))
-    whole = compute_descriptors(img, model)
+    whole = compute_descriptors(img, model, dtype=torch.float32)
     for stride, tile in [(4, 16), (4, (12, 4, 48)), (2, 20)]:
-        ref = whole if stride == 4 else compute_descriptors(img, model, stride=2)
-        got = compute_descriptors(img, model, stride=stride, tile=tile)
+        ref = whole if stride == 4 else compute_descriptors(img, model, stride=2, dtype=torch.float32)
+        got = compute_descriptors(img, model, stride=stride, tile=tile, dtype=torch.float32)
         assert float((got.data - ref.data).abs().max()) < 1e-5
     # The check is sharp: a halo below the receptive field breaks the equality.
     monkeypatch.setattr(descriptors_module, "HALO", 8)
-    bad = compute_descriptors(img, model, tile=16)
+    bad = compute_descriptors(img, model, tile=16, dtype=torch.float32)
     assert float((bad.data - whole.data).abs().max()) > 1e-4
 
 
@@ -162,7 +162,7 @@ def test_substride_descriptors_are_the_network_on_shifted_inputs(stride):
     model = distinct_model(6)
     vol = smooth_volume((46, 45, 47), seed=6, sigma=1.5)
     img = Image.from_array(vol, spacing=(1.0, 1.5, 2.0), origin=(3.0, -2.0, 7.0))
-    desc = compute_descriptors(img, model, stride=stride)
+    desc = compute_descriptors(img, model, stride=stride, dtype=torch.float32)
     assert desc.shape == tuple(math.ceil((n - 1) / stride) + 1 for n in vol.shape)
     np.testing.assert_allclose(desc.spacing, img.spacing * stride)
     np.testing.assert_allclose(desc.origin, img.origin)
@@ -198,7 +198,8 @@ def test_descriptor_grid_geometry_follows_physical_space():
     origin = big.origin + direction @ (spacing * off)
     small = Image.from_array(vol[4:, 8:, 4:], spacing, origin, direction,
                              torch.from_numpy(mask[4:, 8:, 4:])[None])
-    d_big, d_small = compute_descriptors(big, model), compute_descriptors(small, model)
+    d_big = compute_descriptors(big, model, dtype=torch.float32)
+    d_small = compute_descriptors(small, model, dtype=torch.float32)
     np.testing.assert_allclose(d_small.origin, d_big.index_to_world()[:3] @ np.r_[off / 4, 1.0])
     np.testing.assert_allclose(d_small.spacing, 4 * spacing)
     # Node m of the crop is node m + off/4 of the full image; compare away from the borders.
@@ -209,6 +210,17 @@ def test_descriptor_grid_geometry_follows_physical_space():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
     on_small = resample_image(d_big.same_geometry(d_big.data, None), d_small)
     torch.testing.assert_close(on_small.data[:, 6:-6, 6:-6, 6:-6], a, atol=1e-4, rtol=0)
+
+
+def test_bfloat16_descriptors_agree_with_float32_within_the_8bit_step():
+    """The CPU default (bfloat16 where the CPU computes it natively) stays within one step of
+    the 8-bit storage; forcing it works on any CPU (emulated where not native)."""
+    model = distinct_model(9)
+    img = Image.from_array(smooth_volume((40, 44, 36), seed=9, sigma=1.5))
+    exact = compute_descriptors(img, model, dtype=torch.float32).data
+    fast = compute_descriptors(img, model, dtype=torch.bfloat16).data
+    err = float((fast - exact).abs().max())
+    assert 0 < err < 1 / 127, err  # one 8-bit step; 0.002 with the trained weights
 
 
 def test_descriptor_mask_and_padding_keep_every_voxel():

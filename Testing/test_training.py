@@ -271,5 +271,26 @@ def test_dense_training_lowers_the_loss_on_fixed_crops():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_weights_from_a_dense_checkpoint_load_with_their_card(tmp_path):
+    from disa.train.dense import CHECKPOINT_FORMAT, weights_from_checkpoint
+
+    torch.manual_seed(3)
+    model = DISANet()
+    history = [{"step": 200, "train_loss": 0.07, "seconds": 10.0, "val_mse": 0.05, "val_mae": 0.2}]
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "step": 200, "model": model.state_dict(), "history": history,
+                "config": {"seed": 0}}, ckpt)
+    digest = weights_from_checkpoint(str(ckpt), str(tmp_path / "disa_lc2.pt"), {"note": "stopped early"})
+    loaded, meta = load_weights(tmp_path / "disa_lc2.pt")
+    assert meta["sha256"] == digest and meta["note"] == "stopped early"
+    assert meta["training"]["steps_completed"] == 200 and meta["validation"]["val_mse"] == 0.05
+    x = torch.randn(1, 1, 20, 20, 20)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+    torch.save({"format": "something else"}, ckpt)
+    with pytest.raises(InputError, match="not a dense DISA training checkpoint"):
+        weights_from_checkpoint(str(ckpt), str(tmp_path / "w.pt"))

@@ -452,16 +452,16 @@ def _targets(results: Dict[str, dict], lc2_eval: dict, disa: Optional[dict] = No
     ap = disa.get("approximation")
     out.append({"target": f"DISA patch-wise L2 error vs LC2 on validation pairs < {L2_TARGET:g}",
                 "measured": None if ap is None else f"{ap['val_mse']:.4f} (predicting the mean: {ap['constant_mse']:.4f}; "
-                f"{ap['pairs']} pairs)", "verdict": "NOT RUN" if ap is None else
+                f"correlation with the target {ap['pearson_r']:.2f}; {ap['pairs']} pairs)", "verdict": "NOT RUN" if ap is None else
                 ("PASS" if ap["val_mse"] < L2_TARGET else "FAIL")})
     d = disa["descriptors_128"]
     out.append({"target": f"DISA descriptors of a 128^3 volume < {DESCRIPTOR_128_MS:g} ms ({d['device']})",
                 "measured": f"{d['median_ms']:.0f} ms", "verdict": "PASS" if d["median_ms"] < DESCRIPTOR_128_MS else "FAIL"})
     e = disa["evaluation"]
     out.append({"target": f"one DISA evaluation >= {EVAL_SPEEDUP:g}x faster than one exact LC2 evaluation (1 mm level; "
-                          f"cost per pose scoring {e['batch']} poses per call)",
-                "measured": f"per pose {e['disa']['per_pose_ms']:.3f} ms vs {e['lc2']['per_pose_ms']:.1f} ms: "
-                            f"{e['speedup']:.0f}x; one call with one pose {e['disa']['median_ms']:.2f} ms vs "
+                          f"each at its cheaper cost per pose: one pose per call or {e['batch']} per call)",
+                "measured": f"{e['speedup']:.0f}x; per pose in batches of {e['batch']}: {e['disa']['per_pose_ms']:.3f} ms vs "
+                            f"{e['lc2']['per_pose_ms']:.1f} ms; one call with one pose {e['disa']['median_ms']:.2f} ms vs "
                             f"{e['lc2']['median_ms']:.1f} ms: {e['speedup_single_call']:.0f}x",
                 "verdict": "PASS" if e["speedup"] >= EVAL_SPEEDUP else "FAIL"})
     if "descriptors_256_cuda" in disa:

@@ -28,13 +28,19 @@ MAP_WINDOW_MM = 15.0
 
 def approximation(model: torch.nn.Module, val_dir: str) -> dict:
     """Patch-wise L2 error on the paper-style validation shards in ``val_dir``."""
-    from ..train.trainer import _PartData, _shards, evaluate
+    from ..train.trainer import _PartData, _shards, predict_pairs
 
     data = _PartData([(f, None) for f in _shards(val_dir)], 4 * 2 ** 30)
-    targets = np.concatenate([t for _, t in data.batches(4096, None)])
-    res = evaluate(model, data, 64, torch.device("cpu"))
-    return {"val_mse": res["mse"], "val_mae": res["mae"], "pairs": int(len(targets)),
-            "constant_mse": float(np.var(targets)), "val_dir": val_dir}
+    preds, targets = [], []
+    model.eval()
+    with torch.no_grad():
+        for pairs, t in data.batches(64, None):
+            preds.append(predict_pairs(model, torch.from_numpy(pairs.astype(np.float32))).double().numpy())
+            targets.append(t.astype(np.float64))
+    p, t = np.concatenate(preds), np.concatenate(targets)
+    return {"val_mse": float(np.mean((p - t) ** 2)), "val_mae": float(np.mean(np.abs(p - t))),
+            "pearson_r": float(np.corrcoef(p, t)[0, 1]), "pairs": int(len(t)),
+            "constant_mse": float(np.var(t)), "val_dir": val_dir}
 
 
 def map_correlation(model: torch.nn.Module, fixed, moving, fixed_points, moving_points,
@@ -99,7 +105,8 @@ def time_evaluations(fixed, moving, device, model: Optional[torch.nn.Module] = N
     """Exact LC² against DISA at the 1 mm level of Case 24 (no gradients), two ways: the latency
     of one call with one pose (dominated by per-call overhead for DISA on a CPU), and the cost
     per pose when ``batch`` poses are scored in one call, as the global search does (the cost
-    of an evaluation itself, the paper's comparison). ``speedup`` is the per-pose ratio."""
+    of an evaluation itself, the paper's comparison). ``speedup`` compares each measure's
+    cheaper way (batched LC² is memory-bound and costs more per pose than single calls)."""
     from ..registration import Objective
     from ..registration.pipeline import moving_level, prepare_image, resolve_device
     from ..similarity.disa import DISA
@@ -123,7 +130,8 @@ def time_evaluations(fixed, moving, device, model: Optional[torch.nn.Module] = N
         out[name]["per_pose_ms"] = per["median_ms"] / batch
     out["batch"] = batch
     out["speedup_single_call"] = out["lc2"]["median_ms"] / out["disa"]["median_ms"]
-    out["speedup"] = out["lc2"]["per_pose_ms"] / out["disa"]["per_pose_ms"]
+    best = {k: min(out[k]["median_ms"], out[k]["per_pose_ms"]) for k in ("lc2", "disa")}
+    out["speedup"] = best["lc2"] / best["disa"]
     out["device"] = str(dev)
     return out
 

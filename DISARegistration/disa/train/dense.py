@@ -251,7 +251,6 @@ def train_dense(config: DenseConfig, progress=print) -> dict:
     """Train DISANet densely; write ``checkpoint.pt`` at each evaluation and the weights (with
     their model card JSON) at the end. Returns the report (history, weights, sha256)."""
     from ..features.network import DISANet
-    from ..features.weights import save_weights
     from .trainer import _PartData, _device, _shards, evaluate
 
     device = _device(config.device)
@@ -317,24 +316,49 @@ def train_dense(config: DenseConfig, progress=print) -> dict:
             progress(json.dumps(entry))
             loss_acc, w_acc, t_last = 0.0, 0.0, time.perf_counter()
             ck = {"format": CHECKPOINT_FORMAT, "step": step, "model": model.state_dict(),
-                  "optimizer": opt.state_dict(), "history": history, "config": _jsonable(config)}
+                  "optimizer": opt.state_dict(), "history": history, "config": _jsonable(config),
+                  "seen": seen, "device": str(device)}
             torch.save(ck, ckpt_path + ".tmp")
             os.replace(ckpt_path + ".tmp", ckpt_path)
         if out_of_time:
             progress(f"time limit reached after step {step}")
             break
     weights = os.path.join(config.out_dir, config.weights_name)
+    digest = _save(weights, model.cpu(), _jsonable(config), history, step, str(device),
+                   round(time.perf_counter() - t0, 1), seen, config.metadata)
+    return {"weights": weights, "sha256": digest, "history": history, "steps": step}
+
+
+def _save(path, model, config: dict, history, step, device, seconds, seen=None, extra=None) -> str:
     last = history[-1] if history else {}
     meta = {"kind": "DISA-LC2",
             "target": "LC2 mean over radii 3,5,7, ridge 1e-3 (slopes), var floor 1e-2",
-            "training": {"method": "dense crop pairs (disa.train.dense)", **_jsonable(config),
-                         "steps_completed": step, "device": str(device), "torch": torch.__version__,
-                         "seconds": round(time.perf_counter() - t0, 1), "volume_pairs_seen": len(seen)},
+            "training": {"method": "dense crop pairs (disa.train.dense)", **config, "steps_completed": step,
+                         "device": device, "torch": torch.__version__, "seconds": seconds,
+                         "volume_pairs_seen": None if seen is None else len(seen)},
             "validation": {k: last[k] for k in ("val_mse", "val_mae", "train_loss") if k in last},
-            "history": history, "volume_pairs": seen}
-    meta.update(config.metadata or {})
-    digest = save_weights(weights, model.cpu(), meta)
-    return {"weights": weights, "sha256": digest, "history": history, "steps": step}
+            "history": history}
+    if seen is not None:
+        meta["volume_pairs"] = seen
+    meta.update(extra or {})
+    from ..features.weights import save_weights
+
+    return save_weights(path, model, meta)
+
+
+def weights_from_checkpoint(checkpoint: str, path: str, extra: Optional[dict] = None) -> str:
+    """Write the weights (and model card) of a dense-training checkpoint, e.g. of a run that
+    was stopped before its end; returns the SHA-256."""
+    from ..features.network import DISANet
+
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if ck.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{checkpoint} is not a dense DISA training checkpoint")
+    model = DISANet()
+    model.load_state_dict(ck["model"])
+    history = ck["history"]
+    return _save(path, model, ck.get("config", {}), history, int(ck["step"]), ck.get("device", "cpu"),
+                 history[-1]["seconds"] if history else None, ck.get("seen"), extra)
 
 
 def _jsonable(config: DenseConfig) -> dict:
@@ -343,5 +367,5 @@ def _jsonable(config: DenseConfig) -> dict:
     return {k: v for k, v in d.items() if k not in ("metadata",)}
 
 
-__all__ = ["DenseConfig", "train_dense", "batch_targets", "output_patches", "sample_crops", "PairSource", "predict_dense",
+__all__ = ["DenseConfig", "train_dense", "weights_from_checkpoint", "batch_targets", "output_patches", "sample_crops", "PairSource", "predict_dense",
            "crop_grid", "random_rotation"]
