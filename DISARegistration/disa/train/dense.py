@@ -265,7 +265,7 @@ def train_dense(config: DenseConfig, progress=print) -> dict:
     history: List[dict] = []
     step0 = 0
     if config.resume and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise InputError(f"{ckpt_path} is not a dense DISA training checkpoint")
         model.load_state_dict(ck["model"])
@@ -351,7 +351,7 @@ def weights_from_checkpoint(checkpoint: str, path: str, extra: Optional[dict] = 
     was stopped before its end; returns the SHA-256."""
     from ..features.network import DISANet
 
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
     if ck.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{checkpoint} is not a dense DISA training checkpoint")
     model = DISANet()
