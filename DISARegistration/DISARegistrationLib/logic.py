@@ -152,14 +152,15 @@ class RegistrationLogic:
         return self.threads or max(1, torch.get_num_threads() - 1)
 
     def _similarity(self, metric):
-        """The metric for the engine: DISA terms get this logic's content-keyed descriptor cache."""
+        """The metric for the engine: DISA terms get this logic's own descriptor cache (its hit and
+        miss counts then describe this logic's runs) and load their weights here, not in the worker."""
         if not isinstance(metric, str):
             return metric  # a Similarity built by the caller, used as it is
         if "disa" not in metric.lower():
             return metric  # the engine builds it exactly as the CLI does
         from disa.similarity import make_similarity
 
-        similarity = make_similarity(metric)  # loads (and checks) the DISA weights now, not in the worker
+        similarity = make_similarity(metric)
         for part in [similarity] + [s for _, s in getattr(similarity, "parts", [])]:
             if getattr(part, "name", "") == "disa":
                 part.cache = self.descriptorCache

@@ -26,6 +26,7 @@ as uint8, x ~ (q - 128) / 127, error <= 0.5 / 127 per component; no per-volume r
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import threading
@@ -88,6 +89,7 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast("cpu", enabled=False)
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_bfloat16_supported() -> bool:
     """oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 / AMX)."""
     try:
@@ -137,7 +139,6 @@ def run_network(model: torch.nn.Module, x: torch.Tensor, tile: Union[int, Sequen
     tiles = np.broadcast_to(np.asarray(tile, dtype=np.int64), (3,))
     tiles = [max(STRIDE, int(math.ceil(t / STRIDE)) * STRIDE) for t in tiles]
     out_shape = [int(math.ceil(s / STRIDE)) for s in shape]
-    model, x = _cpu_network(model, x, dtype)
     with torch.no_grad(), _autocast(device, dtype):
         if all(t >= s for t, s in zip(tiles, shape)):
             return model(x[None, None]).float()[0]
@@ -187,6 +188,7 @@ def compute_descriptors(image: Image, model: torch.nn.Module, spacing=None, stri
             for m in size]
     pad = [max(0, e - s) for e, s in zip(need, n)]
     ext = F.pad(x[None, None], (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")[0, 0] if any(pad) else x
+    model, ext = _cpu_network(model, ext, dtype)  # once, not per stride offset
     out = torch.empty(CHANNELS, *size, dtype=torch.float32, device=device)
     step = STRIDE // stride
     for dz in offsets:

@@ -36,17 +36,16 @@ def global_search(similarity: Callable[[torch.Tensor], torch.Tensor], x0: np.nda
     poses = sample_poses(len(x0), x0, n, rotation_deg, translation_mm, seed)
     scores = []
     with torch.no_grad():
-        for chunk in np.array_split(poses, max(1, n // 32)):
-            # Batches of ``batch`` poses (the objective's own chunk, so scores are unchanged), with
-            # a cancel check before each: a whole chunk of LC² poses takes seconds on a busy CPU.
-            for part in torch.as_tensor(chunk).split(batch):
-                if monitor is not None:
-                    monitor.check()
-                s = similarity(part).cpu().numpy()
-                scores.append(s)
-                if monitor is not None:
-                    for v in s:
-                        monitor.evaluated(-float(v))
+        # Batches of ``batch`` poses (the objective's own chunk, so scores are unchanged), with a
+        # cancel check before each: 32 LC² poses at once take seconds on a busy CPU.
+        for part in torch.as_tensor(poses).split(batch):
+            if monitor is not None:
+                monitor.check()
+            s = similarity(part).cpu().numpy()
+            scores.append(s)
+            if monitor is not None:
+                for v in s:
+                    monitor.evaluated(-float(v))
     scores = np.concatenate(scores)
     order = np.argsort(-scores, kind="stable")
     return poses[order[:top_k]]

@@ -5,17 +5,18 @@ about 7 pairs/s on a 2-core CPU, far too slow to train there. Here each step tak
 crops, one from volume A around ``p + d`` and one from B around ``p``, cut with the same random
 rotation, reflection and scale, and supervises every interior stride-4 output voxel (8^3 = 512
 per pair): output ``k`` of both crops sees the volume points ``p + d + R k`` and ``p + R k``,
-and its target is the exact LC² of the two crops' cubes around that voxel (``lc2_local`` of the
-engine, radii 3/5/7, ridge 1e-3, variance floor 1e-2: the paper's training target up to
-cubes with var(b) < 1e-2, which score 0 here). Each output keeps at least 16 voxels of real
-crop context on every side (the network's receptive field is 49).
+and its target is the paper's training target (``lc2_target``: radii 3/5/7, ridge 1e-3,
+variance floor 1e-2) of the two crops' cubes around that voxel. Each output keeps at least 16
+voxels of real crop context on every side (the network's receptive field is 49).
 
 Target spread: for pairs on one grid (synthetic appearances of one template, and real
 ultrasound paired with an intensity-remapped copy of itself) ``d`` is 0 in 40% of the crops
 (aligned: high LC² where there is structure) and a random shift of up to ``max_offset`` voxels
 otherwise (misaligned: lower LC²); real ultrasound against an unrelated template region gives
-the low end with real speckle. The loss is the squared error weighted by the local variance of
-B (capped at 2, floor 0.02), as the paper samples B patches in proportion to LC²'s weight.
+the low end with real speckle. Crop centres are drawn in proportion to the local variance of B,
+as the paper draws its B patches. The loss is the squared error weighted by that variance
+(capped at 2, plus 0.02) and by the inverse running frequency of the target's histogram bin
+(at most 10x), which flattens the target distribution as the paper's uniform draw does.
 
 Volume pairs are rendered by :mod:`disa.train.synth` into a pool that is refreshed as training
 goes, so the network sees new appearances all the time. Progress is validated with the
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from ..errors import InputError
-from .patches import RADII, lc2_target
+from .patches import RADII, lc2_target, random_rotations
 from .synth import (VolumePair, _random_curve, corrupt, load_ultrasound, make_pair, make_pair_specs,
                     normalize, ultrasound_files)
 
@@ -72,12 +73,7 @@ def predict_dense(model: torch.nn.Module, crops_a: torch.Tensor, crops_b: torch.
 # crops
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
     """Uniform random rotation, with a reflection half of the time (LC² is mirror invariant)."""
-    q = rng.normal(size=4)
-    q /= np.linalg.norm(q)
-    w, x, y, z = q
-    r = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                  [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                  [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    r = random_rotations(1, rng)[0]
     if rng.uniform() < 0.5:
         r = r @ np.diag([-1.0, 1.0, 1.0])
     return r
