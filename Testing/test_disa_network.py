@@ -21,7 +21,7 @@ from disa.features.weights import load_weights, save_weights
 from disa.registration import Objective
 from disa.registration.pipeline import moving_level, prepare_image
 from disa.sample_data import case24
-from disa.similarity.disa import DISA, dot_similarity
+from disa.similarity.disa import DISA, PreparedDISA
 from disa.similarity.maps import lc2_patch_map, similarity_map
 from disa.spatial import Image, load_image, resample_to_spacing
 from disa.spatial.image import resample_image
@@ -289,7 +289,9 @@ def test_disa_prepare_grids_and_single_cnn_run(disa_level, case24_images):
     np.testing.assert_allclose(prep.fixed_grid.origin, fl.origin)
     np.testing.assert_allclose(prep.moving_grid.spacing, 4 * fl.spacing)
     np.testing.assert_allclose(prep.moving_grid.center(), ml.center(), atol=2 * fl.spacing.max())
-    assert prep.moving.shape[0] == 16 and prep.fixed.shape[1:] == prep.fixed_grid.shape
+    assert prep.moving.shape[0] == 16 and prep.weighted_fixed.shape == (16, len(prep.points))
+    x, y, z = prep.points.T  # weighted points lie on the fixed descriptor grid
+    assert len(x) > 0 and x.max() < prep.fixed_grid.shape[2] and z.max() < prep.fixed_grid.shape[0]
     n_prepare = len(calls)
     assert n_prepare == 2
     obj = Objective(prep, fl, ml, make_model("rigid", case24_images[0].center()))
@@ -335,17 +337,17 @@ def test_gradient_with_respect_to_rigid_parameters_matches_finite_differences(di
 def test_points_out_of_view_score_zero_but_keep_their_weight():
     rng = np.random.default_rng(13)
     fixed = torch.from_numpy(rng.standard_normal((16, 6, 7, 8))).float()
-    warped = fixed[None] + 0.1 * torch.randn(1, 16, 6, 7, 8)
-    weights = torch.rand(1, 1, 6, 7, 8)
-    valid = torch.ones(1, 1, 6, 7, 8)
-    valid[..., :3] = 0
-    got = float(dot_similarity(fixed, warped, valid, weights))
-    dots = (fixed[None] * warped).sum(1, keepdim=True)
-    want = float((dots * weights)[..., 3:].sum() / weights.sum())
+    weights = torch.rand(1, 6, 7, 8)
+    weights[..., 0] = 0  # flat fixed patches: dropped, they add nothing
+    prep = PreparedDISA(fixed, fixed, weights, None, None)
+    assert len(prep.points) == 6 * 7 * 7 and not prep.needs_valid
+    x, y, z = prep.points.T
+    warped = fixed[:, z, y, x][None] + 0.1 * torch.randn(1, 16, len(x))
+    warped[..., :40] = 0  # out of view: zero-padded sampling of descriptors reads 0
+    got = float(prep.evaluate(warped[:, :, None, None], None))
+    dots = (fixed[:, z, y, x] * warped[0]).sum(0)
+    want = float((dots * weights[0, z, y, x])[40:].sum() / weights.sum())
     assert got == pytest.approx(want, rel=1e-5)
-    garbage = warped.clone()
-    garbage[..., :3] = 100.0
-    assert float(dot_similarity(fixed, garbage, valid, weights)) == pytest.approx(got, rel=1e-5)
 
 
 def test_leaving_the_field_of_view_never_pays(case24_images):

@@ -226,25 +226,19 @@ class RegistrationLogic:
     @staticmethod
     def _runEngine(run: _Run, progress, cancel, threads: Optional[int]):
         """The engine part of a run: touches no MRML node (safe on a worker thread)."""
-        import torch
         from disa.registration import register
         from disa.spatial import resample_image
+        from disa.threads import torch_threads
 
         kwargs = dict(run.engine)
         resample = kwargs.pop("resample")
-        previous = torch.get_num_threads()
-        if threads:
-            torch.set_num_threads(int(threads))
-        try:
+        with torch_threads(threads):
             result = register(progress=progress, cancel=cancel, **kwargs)
             resampled = None
             if resample:
                 if cancel is not None and cancel():
                     raise CancelledError("registration cancelled")
                 resampled = resample_image(kwargs["moving"], kwargs["fixed"], result.matrix)
-        finally:
-            if threads:
-                torch.set_num_threads(previous)
         return result, resampled
 
     def _finish(self, run: _Run, engineResult):

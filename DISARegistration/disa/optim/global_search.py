@@ -36,8 +36,8 @@ def global_search(similarity: Callable[[torch.Tensor], torch.Tensor], x0: np.nda
     poses = sample_poses(len(x0), x0, n, rotation_deg, translation_mm, seed)
     scores = []
     with torch.no_grad():
-        # Batches of ``batch`` poses (the objective's own chunk, so scores are unchanged), with a
-        # cancel check before each: 32 LC² poses at once take seconds on a busy CPU.
+        # Batches of ``batch`` poses (pass the objective's own chunk, so scores are unchanged),
+        # with a cancel check before each: 32 LC² poses at once take seconds on a busy CPU.
         for part in torch.as_tensor(poses).split(batch):
             if monitor is not None:
                 monitor.check()

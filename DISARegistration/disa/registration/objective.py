@@ -2,7 +2,9 @@
 
 Batched: ``similarity(params)`` takes (B, n) parameter vectors and returns (B,) similarities,
 so local optimizers (B = 1, with gradients) and global search (B = hundreds, chunked) share it.
-Dense displacement fields plug in through ``similarity_of_grid``.
+Dense displacement fields plug in through ``similarity_of_grid``. A prepared measure that lists
+its informative ``points`` (DISA) is warped at those points only, so an evaluation costs little
+more than its few hundred dot products.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 
 from ..similarity.base import Prepared
 from ..spatial import Image
-from ..spatial.image import sample, sampling_theta
+from ..spatial.image import _index_to_normalized, normalized_to_world, sample, world_to_normalized
 from ..transforms.linear import LinearModel
 
 
@@ -30,16 +32,34 @@ class Objective:
         self.device = prepared.moving.device
         self.initial = torch.as_tensor(np.eye(4) if initial is None else initial, dtype=torch.float64,
                                        device=self.device)
-        self.chunk = chunk
         self.moving_mask = None if self.moving.mask is None else self.moving.mask.float().to(self.device)
         self.n_evals = 0
+        # fixed grid -> LPS and LPS -> moving normalized coordinates, fixed per level
+        self._to_moving = torch.as_tensor(world_to_normalized(self.moving), dtype=torch.float64, device=self.device)
+        self._from_fixed = torch.as_tensor(normalized_to_world(self.fixed), dtype=torch.float64, device=self.device)
+        self.points = None  # (N, 4) homogeneous fixed-grid normalized coordinates of the prepared points
+        if prepared.points is not None:
+            idx = torch.as_tensor(prepared.points, dtype=torch.float64, device=self.device)
+            ones = torch.ones(len(idx), 1, dtype=torch.float64, device=self.device)
+            to_normalized = torch.as_tensor(_index_to_normalized(self.fixed.size), dtype=torch.float64,
+                                            device=self.device)
+            self.points = (torch.cat([idx, ones], dim=1) @ to_normalized.T).to(torch.float32)
+            # Points are cheap: chunk by a budget of warped points rather than of poses.
+            chunk = max(chunk, (1 << 20) // max(len(idx), 1))
+        self.chunk = chunk
 
     def matrices(self, params: torch.Tensor) -> torch.Tensor:
         """(B, 4, 4) fixed -> moving LPS matrices of the parameter vectors."""
         return self.initial @ self.model.matrix(params.to(self.device))
 
     def grid(self, matrices: torch.Tensor) -> torch.Tensor:
-        theta = sampling_theta(self.fixed, self.moving, matrices).to(torch.float32)
+        """Normalized moving coordinates (B, Z, Y, X, 3) of the fixed grid, or (B, 1, 1, N, 3)
+        of the prepared points."""
+        theta = (self._to_moving @ matrices @ self._from_fixed)[:, :3, :].to(torch.float32)
+        if self.points is not None:
+            b = theta.shape[0]  # one (N, 4) x (4, 3B) product, not B small ones
+            xyz = (self.points @ theta.permute(2, 0, 1).reshape(4, 3 * b)).view(-1, b, 3)
+            return xyz.transpose(0, 1)[:, None, None]
         return F.affine_grid(theta, [theta.shape[0], 1, *self.fixed.shape], align_corners=True)
 
     def warp(self, grid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +72,13 @@ class Objective:
 
     def similarity_of_grid(self, grid: torch.Tensor) -> torch.Tensor:
         """Similarity (B,) for arbitrary sampling grids, e.g. affine grid + dense displacement."""
-        warped, valid = self.warp(grid)
+        if self.prepared.needs_valid:
+            warped, valid = self.warp(grid)
+        else:  # no validity mask: one grid_sample, no mask sampling or comparisons
+            src = self.prepared.moving
+            warped = F.grid_sample(src[None].expand(grid.shape[0], *src.shape), grid.to(src.dtype),
+                                   padding_mode="zeros", align_corners=True)
+            valid = None
         self.n_evals += grid.shape[0]
         return self.prepared.evaluate(warped, valid)
 

@@ -29,7 +29,16 @@ class Prepared:
     measure whose features live elsewhere (e.g. descriptors at a stride) sets
     ``fixed_grid``/``moving_grid`` to images with the matching geometry; the objective then
     samples on those grids.
+
+    A measure that is a weighted sum over independent points (DISA) may set ``points``: the
+    (N, 3) voxel indices (x, y, z) of the fixed grid that carry weight. The objective then
+    warps only those, handing ``evaluate`` features of shape (B, C, 1, 1, N); ``fixed_mask``
+    is then None or of shape (1, 1, 1, N). ``needs_valid`` False: ``evaluate`` ignores the
+    validity mask, so the objective does not compute it.
     """
+
+    points: Optional[torch.Tensor] = None
+    needs_valid: bool = True
 
     def __init__(self, moving: torch.Tensor, fixed_mask: Optional[torch.Tensor],
                  fixed_grid: Optional[Image] = None, moving_grid: Optional[Image] = None):

@@ -233,10 +233,19 @@ def sampling_theta(target: Image, source: Image, matrix: torch.Tensor) -> torch.
     """
     dt = matrix.dtype
     dev = matrix.device
-    left = torch.as_tensor(_index_to_normalized(source.size) @ source.world_to_index(), dtype=dt, device=dev)
-    right = torch.as_tensor(target.index_to_world() @ np.linalg.inv(_index_to_normalized(target.size)),
-                            dtype=dt, device=dev)
+    left = torch.as_tensor(world_to_normalized(source), dtype=dt, device=dev)
+    right = torch.as_tensor(normalized_to_world(target), dtype=dt, device=dev)
     return (left @ matrix @ right)[:, :3, :]
+
+
+def world_to_normalized(image: Image) -> np.ndarray:
+    """4x4 from LPS to ``image``'s grid_sample coordinates (align_corners=True)."""
+    return _index_to_normalized(image.size) @ image.world_to_index()
+
+
+def normalized_to_world(image: Image) -> np.ndarray:
+    """4x4 from ``image``'s grid_sample coordinates to LPS."""
+    return image.index_to_world() @ np.linalg.inv(_index_to_normalized(image.size))
 
 
 def sample(source: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> Tuple[torch.Tensor, torch.Tensor]:

@@ -246,12 +246,17 @@ class DenseConfig:
 def train_dense(config: DenseConfig, progress=print) -> dict:
     """Train DISANet densely; write ``checkpoint.pt`` at each evaluation and the weights (with
     their model card JSON) at the end. Returns the report (history, weights, sha256)."""
+    from ..threads import torch_threads
+
+    with torch_threads(config.threads):
+        return _train_dense(config, progress)
+
+
+def _train_dense(config: DenseConfig, progress) -> dict:
     from ..features.network import DISANet
     from .trainer import _PartData, _device, _shards, evaluate
 
     device = _device(config.device)
-    if config.threads:
-        torch.set_num_threads(int(config.threads))
     os.makedirs(config.out_dir, exist_ok=True)
     val = _PartData([(f, None) for f in _shards(config.val_data)], 4 * 2 ** 30) if config.val_data else None
     torch.manual_seed(config.seed)

@@ -394,6 +394,7 @@ def train(config: TrainConfig) -> TrainReport:
     checkpoint per epoch and the final weights (``save_weights``) to ``config.out_dir``."""
     from ..features.network import DISANet
     from ..features.weights import save_weights
+    from ..threads import torch_threads
 
     say = _progress_of(config.progress)
     device = _device(config.device)
@@ -401,13 +402,8 @@ def train(config: TrainConfig) -> TrainReport:
         config.batch_size = 256 if device.type == "cuda" else 32
     if config.batch_size < 1 or config.epochs < 0:
         raise InputError("batch size must be >= 1 and epochs >= 0")
-    old_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(int(config.threads))
-    try:
+    with torch_threads(config.threads):
         return _train(config, device, say, DISANet, save_weights)
-    finally:
-        torch.set_num_threads(old_threads)
 
 
 def _train(config, device, say, net_class, save_weights) -> TrainReport:
