@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import disa.features.descriptors as descriptors_module
 import disa.features.weights as weights_module
@@ -24,7 +25,7 @@ from disa.sample_data import case24
 from disa.similarity.disa import DISA, PreparedDISA
 from disa.similarity.maps import lc2_patch_map, similarity_map
 from disa.spatial import Image, load_image, resample_to_spacing
-from disa.spatial.image import resample_image
+from disa.spatial.image import resample_image, sampling_theta
 from disa.transforms import make_model
 from view_checks import assert_leaving_view_never_pays
 
@@ -298,6 +299,21 @@ def test_disa_prepare_grids_and_single_cnn_run(disa_level, case24_images):
     obj.similarity(torch.randn(5, 6, dtype=torch.float64))
     sim.prepare(fl, ml)
     assert len(calls) == n_prepare  # no CNN run inside the optimizer loop or on re-preparing
+
+
+def test_disa_points_sample_where_the_dense_grid_does(disa_level, case24_images):
+    """Only weighted points are warped: their sampling positions are those of the whole
+    descriptor grid under the same poses (affine_grid), and zero-weight points are left out."""
+    fl, ml = disa_level
+    prep = DISA(model=distinct_model(16), cache=DescriptorCache()).prepare(fl, ml)
+    obj = Objective(prep, fl, ml, make_model("rigid", case24_images[0].center()))
+    params = torch.tensor([[0, 0, 0, 0, 0, 0], [4, -3, 2, 5, -6, 3.0], [-8, 1, 6, -2, 9, -4]], dtype=torch.float64)
+    m = obj.matrices(params)
+    dense = F.affine_grid(sampling_theta(obj.fixed, obj.moving, m).float(), [3, 1, *obj.fixed.shape],
+                          align_corners=True)
+    x, y, z = prep.points.T
+    np.testing.assert_allclose(obj.grid(m)[:, 0, 0].numpy(), dense[:, z, y, x].numpy(), atol=1e-5)
+    assert 0 < len(x) < int(np.prod(obj.fixed.shape))  # the fan: far fewer points than the grid
 
 
 def test_quantized_and_float_similarity_agree(disa_level, case24_images):

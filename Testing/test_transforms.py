@@ -5,6 +5,8 @@ SimpleITK's own TransformPoint/Resample, and an analytic image sampled at transf
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -400,3 +402,31 @@ def test_oblique_resampling_matches_simpleitk(tmp_path):
     # ...and the transform matters: identity or the inverse map would be far off.
     assert np.abs(blobs(grid_points(fixed)) - truth)[inside].max() > 0.2 * span
     assert np.abs(blobs(apply(np.linalg.inv(m), grid_points(fixed))) - truth)[inside].max() > 0.2 * span
+
+
+def test_rotation_matrix_is_the_matrix_exponential_with_exact_gradients_at_zero():
+    from disa.transforms import rotation_matrix
+
+    gen = torch.Generator().manual_seed(3)
+    for scale in (1e-9, 1e-3, 1.0, 45.0, 179.0):  # degrees, through the small-angle branch
+        v = torch.randn(20, 3, generator=gen, dtype=torch.float64) * scale
+        w = v * (math.pi / 180.0)
+        z = torch.zeros_like(w[:, 0])
+        skew = torch.stack([torch.stack([z, -w[:, 2], w[:, 1]], -1), torch.stack([w[:, 2], z, -w[:, 0]], -1),
+                            torch.stack([-w[:, 1], w[:, 0], z], -1)], -2)
+        np.testing.assert_allclose(rotation_matrix(v).numpy(), torch.linalg.matrix_exp(skew).numpy(), atol=1e-12)
+    for v0 in (torch.zeros(1, 3), torch.tensor([[0.3, -0.2, 0.5]])):
+        assert torch.autograd.gradcheck(rotation_matrix, (v0.double().requires_grad_(True),))
+
+
+def test_torch_threads_restores_the_count_even_on_errors():
+    from disa.threads import torch_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before

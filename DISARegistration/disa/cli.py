@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-data", default=None, metavar="DIR",
                    help="paper-style validation patch pairs for the DISA approximation error "
                         "(build with: disa train --dense --build-only --source-dir ../shared/data --data DIR)")
+    p.add_argument("--heldout-data", default=None, metavar="DIR",
+                   help="the data folder with templates/ (e.g. ../shared/data): also register held-out "
+                        "synthetic ultrasound-MR pairs with DISA and exact LC2 (a few minutes)")
     p.add_argument("--output-dir", default="bench-results", help="where to write results (default bench-results)")
     p.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -208,7 +211,7 @@ def cmd_benchmark(args) -> int:
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     run_benchmark(runs=args.runs, max_rotation=args.max_rotation, max_translation=args.max_translation,
                   methods=methods, output_dir=args.output_dir, seed=args.seed, device=args.device,
-                  val_data=args.val_data)
+                  val_data=args.val_data, heldout_data=args.heldout_data)
     return 0
 
 
