@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ..errors import InputError
 from .patches import RADII, lc2_target, random_rotations
 from .synth import (VolumePair, _random_curve, corrupt, load_ultrasound, make_pair, make_pair_specs,
                     normalize, ultrasound_files)
@@ -254,7 +253,7 @@ def train_dense(config: DenseConfig, progress=print) -> dict:
 
 def _train_dense(config: DenseConfig, progress) -> dict:
     from ..features.network import DISANet
-    from .trainer import _PartData, _device, _shards, evaluate
+    from .trainer import _PartData, _device, _shards, evaluate, load_checkpoint
 
     device = _device(config.device)
     os.makedirs(config.out_dir, exist_ok=True)
@@ -266,9 +265,7 @@ def _train_dense(config: DenseConfig, progress) -> dict:
     history: List[dict] = []
     step0 = 0
     if config.resume and os.path.exists(ckpt_path):
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise InputError(f"{ckpt_path} is not a dense DISA training checkpoint")
+        ck = load_checkpoint(ckpt_path, CHECKPOINT_FORMAT, "dense DISA training checkpoint")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         history, step0 = ck["history"], int(ck["step"])
@@ -351,10 +348,9 @@ def weights_from_checkpoint(checkpoint: str, path: str, extra: Optional[dict] = 
     """Write the weights (and model card) of a dense-training checkpoint, e.g. of a run that
     was stopped before its end; returns the SHA-256."""
     from ..features.network import DISANet
+    from .trainer import load_checkpoint
 
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    if ck.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{checkpoint} is not a dense DISA training checkpoint")
+    ck = load_checkpoint(checkpoint, CHECKPOINT_FORMAT, "dense DISA training checkpoint")
     model = DISANet()
     model.load_state_dict(ck["model"])
     history = ck["history"]

@@ -389,6 +389,15 @@ def _shard_provenance(files: List[str]) -> List[dict]:
     return out
 
 
+def load_checkpoint(path: str, fmt: str, what: str) -> dict:
+    """A training checkpoint (tensors only) after checking its ``format`` tag; ``what`` names
+    the expected kind in the error."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt.get("format") != fmt:
+        raise InputError(f"{path} is not a {what}")
+    return ckpt
+
+
 def train(config: TrainConfig) -> TrainReport:
     """Train (or resume training) the DISA network on the shards in ``config.data``; write a
     checkpoint per epoch and the final weights (``save_weights``) to ``config.out_dir``."""
@@ -428,9 +437,7 @@ def _train(config, device, say, net_class, save_weights) -> TrainReport:
     history: List[dict] = []
     start_epoch = 0
     if config.resume and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise InputError(f"{ckpt_path} is not a DISA training checkpoint")
+        ckpt = load_checkpoint(ckpt_path, CHECKPOINT_FORMAT, "DISA training checkpoint")
         if ckpt["settings"] != config.fingerprint() or [tuple(d) for d in ckpt["data"]] != data_id:
             raise InputError(f"cannot resume from {ckpt_path}: it was written with other settings or data "
                              f"({ckpt['settings']}); start a new run in another folder")
