@@ -16,9 +16,11 @@ and runs :class:`~disa.features.network.DISANet` once. It returns a 16-channel
 
 Large volumes run in tiles whose halos cover the receptive field (24 input voxels each side,
 tile starts on multiples of 4), so tiled output equals whole-volume output to float rounding.
-On CUDA the network runs under float16 autocast by default (bfloat16 on request); on a CPU with
-native bfloat16 (AVX512-BF16, AMX) it runs a bfloat16 copy of the network, else float32;
-``dtype=torch.float32`` forces float32. Descriptors come back as float32.
+Precision: float32 unless asked, on every device, so results do not depend on the machine
+(bfloat16 chosen silently on CPUs that support it moved the DISA demo from 1.89 to 2.06 mm).
+``dtype=torch.bfloat16`` runs a bfloat16 copy of the network on a CPU (about 1.5x faster with
+AVX512-BF16 or AMX) or bfloat16 autocast on CUDA; ``torch.float16`` runs float16 autocast on
+CUDA. Descriptors come back as float32.
 
 8-bit storage (the paper quantizes its features): descriptor norms are <= 1, so every
 component lies in [-1, 1] and one fixed symmetric scale fits all volumes: q = round(127 x) + 128
@@ -83,15 +85,28 @@ def grid_size(n: int, stride: int) -> int:
     return int(math.ceil((n - 1) / stride)) + 1
 
 
+#: Descriptor precisions by name (``disa register --precision``).
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The torch dtype of a precision name; InputError for others."""
+    try:
+        return PRECISIONS[str(precision).lower()]
+    except KeyError:
+        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}") from None
+
+
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    if device.type == "cuda" and dtype != torch.float32:
-        return torch.autocast("cuda", dtype=dtype or torch.float16)
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast("cuda", dtype=dtype)
     return torch.autocast("cpu", enabled=False)
 
 
 @functools.lru_cache(maxsize=1)
 def cpu_bfloat16_supported() -> bool:
-    """oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 / AMX)."""
+    """oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 / AMX): where
+    ``dtype=torch.bfloat16`` pays off on a CPU."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -99,12 +114,14 @@ def cpu_bfloat16_supported() -> bool:
 
 
 def _cpu_network(model: torch.nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype]):
-    """The model and input to run on the CPU: a bfloat16 copy where the CPU computes bfloat16
-    natively and ``dtype`` is None or bfloat16 (about 1.5x faster; descriptor error about 0.002
-    with the shipped weights, under the 8-bit storage step of 0.008), else float32 as given."""
-    if x.device.type != "cpu" or dtype == torch.float32:
+    """The model and input to run: a bfloat16 copy on a CPU when ``dtype`` is bfloat16
+    (descriptor error about 0.002 with the shipped weights, under the 8-bit storage step of
+    0.008), else the float32 model as given. float16 needs CUDA."""
+    if x.device.type != "cpu":
         return model, x
-    if dtype == torch.bfloat16 or (dtype is None and cpu_bfloat16_supported()):
+    if dtype == torch.float16:
+        raise InputError("float16 descriptors need a CUDA device; use float32 or bfloat16 on a CPU")
+    if dtype == torch.bfloat16:
         import copy
 
         return copy.deepcopy(model).to(torch.bfloat16), x.to(torch.bfloat16)
@@ -166,8 +183,8 @@ def compute_descriptors(image: Image, model: torch.nn.Module, spacing=None, stri
     ``spacing`` (mm, scalar or (x, y, z)): resample to this working spacing first (the
     network's scale is that of its training data; both images of a pair need the same one).
     ``stride``: 4, 2 or 1. ``tile``: tile edge in input voxels (None: automatic).
-    ``dtype``: None runs float16 autocast on CUDA and bfloat16 on CPUs that compute it
-    natively (else float32); ``torch.float32`` gives exact float32 everywhere. ``device``: where
+    ``dtype``: None or ``torch.float32`` computes in float32 everywhere; ``torch.bfloat16`` and
+    (CUDA only) ``torch.float16`` are faster but change the result slightly. ``device``: where
     to run (default: the model's device). The returned mask marks descriptors whose centre lies
     inside the image (and its mask).
     """
@@ -244,12 +261,17 @@ class DescriptorCache:
     registration builds new level tensors from the same volumes (the Slicer logic extracts fresh
     copies from the nodes on each run). Hashing costs a few ms per registration level; any edit
     to a volume changes the key.
+
+    The network runs outside the lock, so a lookup of other descriptors (a similarity map) never
+    waits behind a registration's network run; a second request for a key being computed waits
+    for that computation instead of repeating it.
     """
 
     def __init__(self, max_items: int = 8):
         self.max_items = max_items
         self._items: "OrderedDict[tuple, Image]" = OrderedDict()
-        self._lock = threading.RLock()
+        self._pending: "dict[tuple, threading.Event]" = {}
+        self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     def key(self, image: Image, model, **params) -> tuple:
@@ -265,23 +287,35 @@ class DescriptorCache:
             h.update(value.detach().cpu().contiguous().numpy().tobytes())
         spacing = params.get("spacing")
         params = dict(params, spacing=None if spacing is None else tuple(np.broadcast_to(
-            np.asarray(spacing, dtype=np.float64), (3,)).tolist()))
+            np.asarray(spacing, dtype=np.float64), (3,)).tolist()), dtype=params.get("dtype") or torch.float32)
         return (h.hexdigest(), str(image.data.device), tuple(sorted((k, repr(v)) for k, v in params.items())))
 
     def get(self, image: Image, model, **params) -> Image:
         """Descriptors of ``image`` (computed on a miss); arguments as :func:`compute_descriptors`."""
-        with self._lock:
-            key = self.key(image, model, **params)
-            if key in self._items:
-                self.hits += 1
-                self._items.move_to_end(key)
-                return self._items[key]
-            self.misses += 1
+        key = self.key(image, model, **params)
+        while True:
+            with self._lock:
+                if key in self._items:
+                    self.hits += 1
+                    self._items.move_to_end(key)
+                    return self._items[key]
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = threading.Event()
+                    self.misses += 1
+                    break
+            pending.wait()  # then look again: computed, or failed and ours to try
+        try:
             result = compute_descriptors(image, model, **params)
-            self._items[key] = result
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+            with self._lock:
+                self._items[key] = result
+                while len(self._items) > self.max_items:
+                    self._items.popitem(last=False)
             return result
+        finally:
+            with self._lock:
+                del self._pending[key]
+            pending.set()
 
     def clear(self) -> None:
         with self._lock:
