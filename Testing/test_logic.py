@@ -357,7 +357,7 @@ def test_registered_landmarks_land_on_the_fixed_landmarks(scene, nodes, register
         nodes["moving_lm"].SetAndObserveTransformNodeID(None)
 
 
-# grid transforms (the hook for dense results) ---------------------------------------------------
+# grid transforms (the bridge for dense fields) ---------------------------------------------------
 def synthetic_field():
     """A smooth 3-channel LPS displacement field (mm) on an oblique 9x10x11 grid."""
     rng = np.random.default_rng(3)
@@ -402,27 +402,6 @@ def test_grid_transform_maps_points_like_the_displacement_field(scene, tmp_path)
     np.testing.assert_allclose(back, points, atol=1e-2)
     with pytest.raises(InputError, match="3 channels"):
         mb.set_grid_transform_node_from_displacement(node, field.same_geometry(field.data[:2]))
-
-
-def test_dense_result_becomes_a_grid_transform_node(scene, nodes, monkeypatch):
-    """The logic's hook for dense results, with a stand-in engine returning a displacement field."""
-    import disa.registration
-
-    field = synthetic_field()
-
-    class Dense:
-        matrix, metric, displacement = np.eye(4), "mind", field
-
-    monkeypatch.setattr(disa.registration, "register", lambda **kwargs: Dense())
-    logic = RegistrationLogic(scene, device="cpu")
-    out = logic.register(nodes["fixed"], nodes["moving"], **FAST)
-    assert out.IsA("vtkMRMLGridTransformNode") and logic.lastResult.displacement is field
-    p = field.center()
-    np.testing.assert_allclose(np.array(out.GetTransformFromParent().TransformPoint(*(p * FLIP))) * FLIP,
-                               engine_displace(field, p[None])[0], atol=1e-4)
-    linear = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "linear for dense")
-    with pytest.raises(InputError, match="grid transform"):
-        logic.register(nodes["fixed"], nodes["moving"], outputTransformNode=linear, **FAST)
 
 
 # DISA descriptors are computed once per unchanged volume -----------------------------------------

@@ -27,6 +27,7 @@ import vtk
 
 from disa.errors import CancelledError, InputError
 from disa.features.descriptors import DescriptorCache
+from disa.spatial.frames import lps_to_ras_points, ras_to_lps_points
 
 from . import mrml_bridge as bridge
 
@@ -184,8 +185,7 @@ class RegistrationLogic:
         if outputTransformNode is not None:
             if not outputTransformNode.IsA("vtkMRMLTransformNode"):
                 raise InputError(f"output transform '{outputTransformNode.GetName()}' is not a transform node")
-            if not outputTransformNode.IsLinear() and transform in ("rigid", "affine"):
-                # Checked now rather than after a long run (a dense model would take grid nodes).
+            if not outputTransformNode.IsLinear():  # checked now rather than after a long run
                 raise InputError(f"output transform '{outputTransformNode.GetName()}' is not linear; choose a "
                                  "linear transform node for a rigid or affine result")
             if _isUnder(fixedNode, outputTransformNode):
@@ -248,25 +248,13 @@ class RegistrationLogic:
             if node is not None and node.GetScene() is not self.scene:
                 raise InputError(f"'{node.GetName()}' was removed from the scene during the registration")
         result.metric = run.metricName
-        displacement = getattr(result, "displacement", None)  # dense results (not in the engine yet)
         node = run.outputTransformNode
-        nodeClass = "vtkMRMLGridTransformNode" if displacement is not None else "vtkMRMLLinearTransformNode"
-        if displacement is not None and node is not None and not node.IsA(nodeClass):
-            raise InputError(f"a dense result needs a grid transform node, not '{node.GetName()}'")
-        if displacement is not None and (not np.allclose(run.fixedToWorld, np.eye(4))
-                                         or (node is not None and node.GetParentTransformNode() is not None)):
-            raise InputError("dense results need the fixed volume and the output transform without parent "
-                             "transforms; harden them first")
         if node is None:
             name = f"{run.movingNode.GetName()} to {run.fixedNode.GetName()}"
-            node = self.scene.AddNewNodeByClass(nodeClass, self.scene.GenerateUniqueName(name))
-        if displacement is not None:
-            # Fixed local (= world) -> moving local, stored as the node's "from parent".
-            bridge.set_grid_transform_node_from_displacement(node, displacement)
-        else:
-            # World -> moving local, expressed relative to the output transform's own parent.
-            worldMatrix = result.matrix @ np.linalg.inv(run.fixedToWorld) @ bridge.local_to_world_lps(node)
-            bridge.set_linear_transform_node_from_itk(node, worldMatrix)
+            node = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", self.scene.GenerateUniqueName(name))
+        # World -> moving local, expressed relative to the output transform's own parent.
+        worldMatrix = result.matrix @ np.linalg.inv(run.fixedToWorld) @ bridge.local_to_world_lps(node)
+        bridge.set_linear_transform_node_from_itk(node, worldMatrix)
         bridge.set_registration_references(node, run.fixedNode, run.movingNode)
         if run.outputVolumeNode is not None and resampled is not None:
             bridge.update_volume_node_from_image(run.outputVolumeNode, resampled)
@@ -284,8 +272,8 @@ class RegistrationLogic:
             return lambda p: p @ m[:3, :3].T + m[:3, 3]  # as disa.evaluate.transform_points
         fromWorld = vtk.vtkGeneralTransform()
         transformNode.GetTransformFromWorld(fromWorld)
-        flip = np.array([-1.0, -1.0, 1.0])
-        return lambda p: np.array([np.asarray(fromWorld.TransformPoint(*(q * flip))) * flip for q in p]).reshape(-1, 3)
+        return lambda p: ras_to_lps_points(
+            np.reshape([fromWorld.TransformPoint(*q) for q in lps_to_ras_points(p)], (-1, 3)))
 
     def _movingPoints(self, movingLandmarksNode, transformNode) -> np.ndarray:
         """Moving landmarks in the moving frame (the one ``transformNode`` maps to world).
@@ -427,7 +415,7 @@ class RegistrationLogic:
         indexToMoving = fixedToMoving @ fixed.index_to_world()
         spacing = np.linalg.norm(indexToMoving[:3, :3], axis=0)
         fixedInMoving = Image(fixed.data, spacing, indexToMoving[:3, 3], indexToMoving[:3, :3] / spacing, fixed.mask)
-        point = np.asarray(pointRAS, dtype=np.float64).reshape(3) * [-1.0, -1.0, 1.0]
+        point = ras_to_lps_points(np.asarray(pointRAS, dtype=np.float64).reshape(3))
         point = (np.linalg.inv(movingToWorld) @ np.r_[point, 1.0])[:3]
         with torch.no_grad():
             # The moving volume's DISA descriptors are reused for maps at other points.

@@ -1,8 +1,9 @@
-"""MRML nodes <-> DISA engine types: the one place where RAS meets LPS for nodes.
+"""MRML nodes <-> DISA engine types: where node geometry meets the engine.
 
 Slicer stores node geometry and transforms in RAS; the engine works in LPS (as ITK does).
-Every conversion between the two for volumes, transforms and markups lives here, and the
-ITK <-> Slicer transform convention itself lives in ``disa.transforms.itk_io``.
+Volumes, transforms and markups cross between the two here; the flips themselves come from
+``disa.spatial.frames`` and the ITK <-> Slicer transform convention from
+``disa.transforms.itk_io``.
 
 Frames:
 - A volume node's *local* frame is the one its IJKToRAS matrix maps into. If the node sits
@@ -11,7 +12,7 @@ Frames:
   need world coordinates. Non-linear parents are refused, since no matrix can describe them.
 - Transform matrices passed in and out are ITK resampling matrices: 4x4 float64, fixed-space
   LPS point -> moving-space LPS point. Slicer's "to parent" RAS matrix is the inverse of that,
-  conjugated by diag(-1, -1, 1, 1).
+  expressed in RAS.
 - Markups positions are world positions (all parent transforms applied), in LPS.
 
 Functions that read nodes never modify them. Only node methods, ``vtk`` and the engine are
@@ -28,6 +29,8 @@ from vtk.util import numpy_support
 
 from disa.errors import InputError
 from disa.spatial import Image
+from disa.spatial.frames import (lps_to_ras_output, lps_to_ras_points, ras_to_lps_matrix, ras_to_lps_output,
+                                 ras_to_lps_points)
 from disa.transforms.itk_io import itk_to_slicer_to_parent_ras, slicer_to_parent_ras_to_itk
 
 __all__ = [
@@ -42,11 +45,6 @@ __all__ = [
     "markup_labels",
     "markups_from_points",
 ]
-
-#: diag(-1, -1, 1): LPS <-> RAS for 3-vectors and, by conjugation, 3x3 matrices.
-_FLIP3 = np.diag([-1.0, -1.0, 1.0])
-#: The same flip for homogeneous 4x4 matrices.
-_FLIP4 = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 # helpers ----------------------------------------------------------------------------------------
@@ -92,7 +90,7 @@ def local_to_world_lps(node) -> np.ndarray:
             "harden that transform or remove it before registering")
     m = vtk.vtkMatrix4x4()
     parent.GetMatrixTransformToWorld(m)
-    return _FLIP4 @ _array_from_vtk_matrix(m) @ _FLIP4
+    return ras_to_lps_matrix(_array_from_vtk_matrix(m))
 
 
 # volumes ----------------------------------------------------------------------------------------
@@ -120,14 +118,14 @@ def image_from_volume_node(node, name: str = "volume") -> Image:
 
     ijk_to_ras = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(ijk_to_ras)
-    index_to_lps = _FLIP4 @ _array_from_vtk_matrix(ijk_to_ras)
+    index_to_lps = ras_to_lps_output(_array_from_vtk_matrix(ijk_to_ras))
     # MRML indexes voxels from the extent's start; the engine's index 0 is the first voxel.
     start = np.array(image_data.GetExtent()[0::2], dtype=np.float64)
     origin = index_to_lps[:3, :3] @ start + index_to_lps[:3, 3]
     spacing = np.array(node.GetSpacing(), dtype=np.float64)
     direction_ras = vtk.vtkMatrix4x4()
     node.GetIJKToRASDirectionMatrix(direction_ras)
-    direction = _FLIP3 @ _array_from_vtk_matrix(direction_ras)[:3, :3]
+    direction = ras_to_lps_output(_array_from_vtk_matrix(direction_ras)[:3, :3])
     return Image(torch.from_numpy(data), spacing, origin, direction)
 
 
@@ -155,7 +153,7 @@ def update_volume_node_from_image(node, image: Image):
 
     was_modifying = node.StartModify()
     try:
-        node.SetIJKToRASMatrix(_vtk_matrix_from_array(_FLIP4 @ image.index_to_world()))
+        node.SetIJKToRASMatrix(_vtk_matrix_from_array(lps_to_ras_output(image.index_to_world())))
         node.SetAndObserveImageData(image_data)
         if node.GetScene() is not None and node.GetDisplayNode() is None:
             node.CreateDefaultDisplayNodes()
@@ -230,17 +228,17 @@ def set_grid_transform_node_from_displacement(node, field: Image) -> None:
     if not np.all(np.isfinite(arr)):
         raise InputError("the displacement field contains NaN or infinite values")
     nz, ny, nx = arr.shape[1:]
-    ras = np.moveaxis(arr, 0, -1).reshape(-1, 3) @ _FLIP3  # vectors LPS -> RAS
+    ras = lps_to_ras_points(np.moveaxis(arr, 0, -1).reshape(-1, 3))  # displacement vectors
     vectors = numpy_support.numpy_to_vtk(np.ascontiguousarray(ras), deep=True, array_type=vtk.VTK_DOUBLE)
     vectors.SetNumberOfComponents(3)
     grid = vtk.vtkImageData()
     grid.SetDimensions(int(nx), int(ny), int(nz))
     # vtkOrientedGridTransform places voxel ijk at origin + direction @ (spacing * ijk).
-    grid.SetOrigin(*(_FLIP3 @ field.origin))
+    grid.SetOrigin(*lps_to_ras_points(field.origin))
     grid.SetSpacing(*field.spacing)
     grid.GetPointData().SetScalars(vectors)
     direction = np.eye(4)
-    direction[:3, :3] = _FLIP3 @ field.direction
+    direction[:3, :3] = lps_to_ras_output(field.direction)
     transform = slicer.vtkOrientedGridTransform()
     transform.SetDisplacementGridData(grid)
     transform.SetGridDirectionMatrix(_vtk_matrix_from_array(direction))
@@ -275,7 +273,7 @@ def landmarks_from_markups(node) -> np.ndarray:
         pos = [0.0, 0.0, 0.0]
         node.GetNthControlPointPositionWorld(i, pos)
         points[i] = pos
-    return points @ _FLIP3  # RAS -> LPS (the flip is its own transpose)
+    return ras_to_lps_points(points)
 
 
 def markup_labels(node) -> List[str]:
@@ -300,7 +298,7 @@ def markups_from_points(node, points_lps, labels: Optional[Sequence[str]] = None
         raise InputError("points contain NaN or infinite coordinates")
     if labels is not None and len(labels) != len(pts):
         raise InputError(f"{len(labels)} labels given for {len(pts)} points")
-    ras = pts @ _FLIP3
+    ras = lps_to_ras_points(pts)
     was_modifying = node.StartModify()
     try:
         node.RemoveAllControlPoints()

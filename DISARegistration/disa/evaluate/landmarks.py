@@ -18,13 +18,12 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import InputError, existing_file
+from ..spatial.frames import lps_to_ras_points, ras_to_lps_points
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Suffixes ``read_landmarks`` understands (``.tag`` needs a ``:1`` / ``:2`` volume selector).
 SUPPORTED_SUFFIXES = (".tag", ".fcsv", ".mrk.json", ".json", ".csv")
-
-_RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
 
 
 @dataclass
@@ -62,8 +61,13 @@ def _coordinate_system(name: str, where: str) -> str:
 
 
 def _to_lps(points: np.ndarray, system: str) -> np.ndarray:
-    # RAS -> LPS and LPS -> RAS are the same flip of x and y.
-    return points * _RAS_TO_LPS if system == "RAS" else points.copy()
+    """Points read in ``system`` -> LPS (a copy)."""
+    return ras_to_lps_points(points) if system == "RAS" else np.array(points, dtype=np.float64)
+
+
+def _from_lps(points: np.ndarray, system: str) -> np.ndarray:
+    """LPS points -> ``system``, for writing (a copy)."""
+    return lps_to_ras_points(points) if system == "RAS" else np.array(points, dtype=np.float64)
 
 
 def _read_text(path: PathLike) -> str:
@@ -214,7 +218,7 @@ def write_fcsv(path: PathLike, landmarks: Landmarks, coordinate_system: str = "L
     """Write a Slicer Markups fiducial CSV file (version 4.11 layout) in LPS or RAS."""
     system = _coordinate_system(coordinate_system, "write_fcsv")
     _check_labels(landmarks.labels)
-    pts = _to_lps(landmarks.points, system)  # the flip is its own inverse
+    pts = _from_lps(landmarks.points, system)
     buf = io.StringIO()
     buf.write("# Markups fiducial file version = 4.11\n")
     buf.write(f"# CoordinateSystem = {system}\n")
@@ -271,7 +275,7 @@ def read_mrk_json(path: PathLike) -> Landmarks:
 def write_mrk_json(path: PathLike, landmarks: Landmarks, coordinate_system: str = "LPS") -> None:
     """Write a Slicer Markups JSON point list in LPS or RAS."""
     system = _coordinate_system(coordinate_system, "write_mrk_json")
-    pts = _to_lps(landmarks.points, system)
+    pts = _from_lps(landmarks.points, system)
     control_points = [
         {"id": str(i + 1), "label": label, "position": [float(v) for v in p], "positionStatus": "defined"}
         for i, (p, label) in enumerate(zip(pts, landmarks.labels))
@@ -321,7 +325,7 @@ def write_csv(path: PathLike, landmarks: Landmarks, coordinate_system: str = "LP
     """Write ``label,L,P,S`` (or ``label,R,A,S``) rows that ``read_csv`` reads back exactly."""
     system = _coordinate_system(coordinate_system, "write_csv")
     _check_labels(landmarks.labels)
-    pts = _to_lps(landmarks.points, system)
+    pts = _from_lps(landmarks.points, system)
     with open(os.fspath(path), "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["label"] + list(system))

@@ -1,4 +1,4 @@
-"""Linear transforms to and from ITK transform files, and the one place where RAS/LPS flips live.
+"""Linear transforms to and from ITK transform files, and Slicer's "to parent" convention.
 
 Frames and directions (the contract every caller relies on):
 - An engine matrix ``m`` (4x4 float64) maps FIXED-space LPS points to MOVING-space LPS points:
@@ -8,8 +8,8 @@ Frames and directions (the contract every caller relies on):
 - 3D Slicer shows transforms in RAS and as "to parent" (moving -> fixed for a registration
   result), i.e. the INVERSE of the ITK resampling transform, with x and y negated. Slicer itself
   does exactly this conversion when it loads or saves an ITK file; the MRML bridge calls
-  :func:`itk_to_slicer_to_parent_ras` / :func:`slicer_to_parent_ras_to_itk` instead of flipping
-  signs on its own.
+  :func:`itk_to_slicer_to_parent_ras` / :func:`slicer_to_parent_ras_to_itk`, and the flip itself
+  comes from :mod:`disa.spatial.frames`.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import InputError, existing_file
+from ..spatial.frames import lps_to_ras_matrix, ras_to_lps_matrix
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -29,9 +30,6 @@ WRITE_SUFFIXES = TEXT_SUFFIXES + HDF5_SUFFIXES
 
 #: Largest deviation of R^T R from I (and of the last matrix row from [0 0 0 1]) accepted as exact.
 ROTATION_TOLERANCE = 1e-4
-
-#: diag(-1, -1, 1, 1): LPS <-> RAS for points and, by conjugation, for 4x4 matrices.
-_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 _NON_LINEAR_MESSAGE = (
     "transform file '{path}' holds a non-linear transform ({what}); displacement-field and "
@@ -220,19 +218,6 @@ def write_resampled(moving_path: PathLike, fixed_path: PathLike, matrix, out_pat
     out = sitk.Resample(moving, fixed, matrix_to_sitk(matrix), sitk.sitkLinear, 0.0, moving.GetPixelID())
     os.makedirs(os.path.dirname(os.path.abspath(os.fspath(out_path))), exist_ok=True)
     sitk.WriteImage(out, os.fspath(out_path))
-
-
-def lps_to_ras_matrix(m) -> np.ndarray:
-    """A 4x4 that maps LPS points to LPS points, re-expressed to map RAS points to RAS points.
-
-    Conjugation by diag(-1, -1, 1, 1); the direction of the map is unchanged.
-    """
-    return _FLIP @ np.asarray(m, dtype=np.float64) @ _FLIP
-
-
-def ras_to_lps_matrix(m) -> np.ndarray:
-    """Inverse of :func:`lps_to_ras_matrix` (the same conjugation, named for readability)."""
-    return _FLIP @ np.asarray(m, dtype=np.float64) @ _FLIP
 
 
 def itk_to_slicer_to_parent_ras(m) -> np.ndarray:
