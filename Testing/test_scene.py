@@ -23,7 +23,7 @@ if MODULE_DIR not in sys.path:
 from DISARegistrationLib import mrml_bridge as mb  # noqa: E402
 from DISARegistrationLib import scene_io  # noqa: E402
 from disa.cli import main as disa_main  # noqa: E402
-from disa.demo import SCENE_NAMES, run_demo  # noqa: E402
+from DISARegistrationLib.demo_scene import SCENE_NAMES, run_demo_scene  # noqa: E402
 from disa.errors import InputError  # noqa: E402
 from disa.sample_data import rigid_matrix  # noqa: E402
 from disa.spatial import Image  # noqa: E402
@@ -115,8 +115,8 @@ def test_bundle_round_trip_keeps_every_node(tmp_path):
 def test_demo_scene_reopens_with_registration_landmarks_and_fre(tmp_path):
     bundle = tmp_path / "demo.mrb"
     lines = []
-    summary = run_demo(tmp_path / "out", print_fn=lines.append, scene_path=bundle, metric="mind", search="local",
-                       spacings=[2.0], device="cpu", seed=0)
+    summary = run_demo_scene(bundle, tmp_path / "out", print_fn=lines.append, metric="mind", search="local",
+                             spacings=[2.0], device="cpu", seed=0)
     assert summary["scene"] == str(bundle) and any(str(bundle) in line for line in lines)
     scene = scene_io.load_scene_bundle(bundle)
     named = nodes_by_name(scene)

@@ -301,6 +301,40 @@ def test_engine_imports_without_slicer_or_qt():
     assert not result["slicer"], "the engine imported slicer; it must stay independent of Slicer"
 
 
+#: Top-level packages the engine must not import: Slicer, its GUI toolkits and the Slicer-side glue.
+SLICER_SIDE = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "PythonQt", "DISARegistrationLib", "SampleData"}
+#: The one deliberate exception: `disa demo --scene` writes its scene through the glue, imported in
+#: that command's handler only (file, function, module).
+ALLOWED_SLICER_SIDE_IMPORTS = {("disa/cli.py", "cmd_demo", "DISARegistrationLib.demo_scene")}
+
+
+def _imports_by_function(tree: ast.Module):
+    """(enclosing top-level function or None, imported module) for every import in ``tree``."""
+    found = []
+    for top in tree.body:
+        function = top.name if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)) else None
+        for node in ast.walk(top):
+            if isinstance(node, ast.Import):
+                found += [(function, alias.name) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.append((function, node.module))
+    return found
+
+
+def test_engine_source_never_imports_slicer_side_code():
+    """Also imports inside functions, which importing the package does not run."""
+    problems = []
+    for path in sorted((MODULE_DIR / "disa").rglob("*.py")):
+        rel = path.relative_to(MODULE_DIR).as_posix()
+        for function, module in _imports_by_function(ast.parse(path.read_text(encoding="utf-8"))):
+            if module.split(".")[0] in SLICER_SIDE and (rel, function, module) not in ALLOWED_SLICER_SIDE_IMPORTS:
+                problems.append(f"{rel}: {'in ' + function + '(): ' if function else ''}import {module}")
+    assert not problems, "the engine imports Slicer-side code:\n" + "\n".join(problems)
+    assert not any(".path" in line and "sys" in line and ("append" in line or "insert" in line)
+                   for path in (MODULE_DIR / "disa").rglob("*.py")
+                   for line in path.read_text(encoding="utf-8").splitlines()), "the engine changes sys.path"
+
+
 def test_slicer_side_library_imports_without_qt():
     pytest.importorskip("slicer", reason="needs the slicer-core wheel")
     result = _import_in_subprocess(["DISARegistrationLib"])

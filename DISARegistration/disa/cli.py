@@ -121,7 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Moves the MR of RESECT Case 24 by a fixed rigid transform (8 degrees, 12 mm), "
                                    "registers it back to the ultrasound and prints the landmark error before "
                                    "and after. Writes the perturbed MR, the transform and the resampled MR.")
-    p.add_argument("--output-dir", default="disa-demo-output", help="folder for the outputs (default disa-demo-output)")
+    p.add_argument("--output-dir", default="disa-demo-output",
+                   help="folder for the outputs (default disa-demo-output); a folder holding files is refused "
+                        "unless --overwrite is given")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the demo's own files in a non-empty --output-dir and an existing --scene file "
+                        "(other files there are left alone)")
     p.add_argument("--data-dir", default=None, help="folder holding the Case24 files (default: the bundled copy)")
     p.add_argument("--scene", default=None, metavar="OUT.mrb",
                    help="also write a Slicer scene bundle: ultrasound, perturbed MR under the result transform, "
@@ -199,9 +204,18 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    options = dict(data_dir=args.data_dir, overwrite=args.overwrite, **_registration_kwargs(args))
+    if args.scene is None:
+        from .demo import run_demo
 
-    run_demo(args.output_dir, data_dir=args.data_dir, scene_path=args.scene, **_registration_kwargs(args))
+        run_demo(args.output_dir, **options)
+        return 0
+    # The only place the engine reaches the Slicer-side library: the scene is written by the
+    # module's own logic (DISARegistrationLib, installed beside this package), imported only here
+    # so that everything else runs without it.
+    from DISARegistrationLib.demo_scene import run_demo_scene
+
+    run_demo_scene(args.scene, args.output_dir, **options)
     return 0
 
 
