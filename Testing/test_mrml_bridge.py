@@ -376,7 +376,9 @@ def test_module_logic_respects_parent_and_initial_transforms(module, start):
     in world: the output's to-parent must undo exactly the shift, whatever the parent is. The
     rough start pose comes from the initial transform node or from the moving volume's parent."""
     scene = slicer.mrmlScene
-    array = module.makeSyntheticVolumeArray((24, 26, 28), seed=1)
+    from DISARegistrationLib.self_test_data import synthetic_volume_array
+
+    array = synthetic_volume_array((24, 26, 28), seed=1)
     parent_ras = _rigid_ras(12.0, (1.0, 2.0, 0.5), (4.0, -3.0, 6.0))
     shift_ras = np.array([2.5, -1.5, 2.0])
     ijk_to_ras = np.diag([1.0, 1.0, 1.0, 1.0])
@@ -453,3 +455,37 @@ def _vtk4(a):
         for c in range(4):
             m.SetElement(r, c, float(a[r, c]))
     return m
+
+
+# the panel's helpers, on the wheel ----------------------------------------------------------------
+def test_sample_landmarks_load_as_point_lists_and_are_reused(scene):
+    from DISARegistrationLib import sample_data
+    from disa.evaluate import read_landmarks
+    from disa.sample_data import case24
+
+    us, mr = sample_data.load_sample_landmarks(scene)
+    c = case24()
+    np.testing.assert_allclose(mb.landmarks_from_markups(us), read_landmarks(c.fixed_landmarks).points, atol=1e-9)
+    np.testing.assert_allclose(mb.landmarks_from_markups(mr), read_landmarks(c.moving_landmarks).points, atol=1e-9)
+    assert us.GetName() == "Case24-US landmarks" and mb.markup_labels(us) == read_landmarks(c.fixed_landmarks).labels
+    again = sample_data.load_sample_landmarks(scene)
+    assert again[0] is us and again[1] is mr and us.GetNumberOfControlPoints() == 16
+
+
+def test_map_point_and_measure_text(scene):
+    from DISARegistrationLib.widget_helpers import format_measures, map_point_ras
+
+    node = new_node(scene, "vtkMRMLMarkupsFiducialNode", "map point")
+    with pytest.raises(ValueError, match="no point yet"):
+        map_point_ras(node, scene)
+    node.AddControlPoint(vtk.vtkVector3d(1.0, 2.0, 3.0), "p")
+    t = new_node(scene, "vtkMRMLLinearTransformNode", "shift")
+    shift = np.eye(4)
+    shift[:3, 3] = [5.0, 0.0, -2.0]  # RAS, to parent
+    t.SetMatrixTransformToParent(_vtk4(shift))
+    node.SetAndObserveTransformNodeID(t.GetID())
+    np.testing.assert_allclose(map_point_ras(node, scene), [6.0, 2.0, 1.0], atol=1e-9)  # world position
+    with pytest.raises(ValueError, match="crosshair"):
+        map_point_ras(None, slicer.vtkMRMLScene())
+    text = format_measures({"n": 16, "mean after": 1.234, "labels": ["a"], "ok": True})
+    assert text == "n 16, mean after 1.23 mm" and format_measures({}) == "no landmark pairs"

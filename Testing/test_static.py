@@ -343,20 +343,39 @@ def test_slicer_side_library_imports_without_qt():
     assert not result["has_app"], "DISARegistrationLib made slicer.app available (it must not need it)"
 
 
-def test_module_file_defers_engine_imports():
-    """DISARegistration.py must load in Slicer before torch is installed: no top-level import of
-    torch, the engine or DISARegistrationLib (which imports torch)."""
+#: What Slicer's Python may lack before the module offers to install it.
+ENGINE_PACKAGES = ("torch", "scipy", "SimpleITK", "pybobyqa")
+
+
+def _module_file_imports(prefixes=("disa", "DISARegistrationLib")) -> List[str]:
     tree = ast.parse((MODULE_DIR / f"{MODULE_NAME}.py").read_text(encoding="utf-8"))
-    top = set()
+    names = []
     for node in tree.body:
         if isinstance(node, ast.Import):
-            top |= {a.name.split(".")[0] for a in node.names}
+            names += [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            top.add(node.module.split(".")[0])
-    assert not top & {"torch", "disa", "DISARegistrationLib", "SimpleITK", "scipy", "pybobyqa"}, sorted(top)
+            names.append(node.module)
+    return sorted({n for n in names if n.split(".")[0] in prefixes})
+
+
+def test_module_file_loads_before_torch_is_installed():
+    """DISARegistration.py must load in Slicer before torch is installed (it then offers to
+    install it): what it imports from the engine and the glue imports with torch, SciPy,
+    SimpleITK and Py-BOBYQA blocked."""
+    imported = _module_file_imports()
+    assert "disa.registration.defaults" in imported  # the panel's defaults are the engine's table
+    script = ("import importlib, sys\n"
+              f"for name in {ENGINE_PACKAGES!r}: sys.modules[name] = None  # as if not installed\n"
+              "sys.path.insert(0, sys.argv[1])\n"
+              "for name in sys.argv[2:]: importlib.import_module(name)\n")
+    run = subprocess.run([sys.executable, "-c", script, str(MODULE_DIR)] + imported, capture_output=True, text=True,
+                         timeout=120, cwd=str(REPO))
+    assert run.returncode == 0, f"the module file's imports need an engine package:\n{run.stderr[-2000:]}"
+    tree = _module_tree()
     classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
     assert {MODULE_NAME, f"{MODULE_NAME}Widget", f"{MODULE_NAME}Logic", f"{MODULE_NAME}Test",
             f"{MODULE_NAME}ParameterNode"} <= classes
+    assert len((MODULE_DIR / f"{MODULE_NAME}.py").read_text(encoding="utf-8").splitlines()) < 600
 
 
 # (d) the panel: .ui file <-> module code <-> parameter node ------------------------------------
@@ -422,10 +441,27 @@ def _module_constants(tree: ast.Module) -> Dict[str, object]:
     return constants
 
 
+def _module_namespace(tree: ast.Module) -> Dict[str, object]:
+    """The module file's literal constants and the engine's defaults table, as its class body sees them."""
+    from disa.registration import defaults
+
+    namespace = {name: getattr(defaults, name) for name in dir(defaults) if not name.startswith("_")}
+    namespace.update(_module_constants(tree), list=list)
+    return namespace
+
+
+def _evaluate(node: ast.expr, namespace: Dict[str, object]):
+    """The value of a default or Choice argument, or None if it is not a constant expression."""
+    try:
+        return eval(compile(ast.Expression(node), "<parameter node>", "eval"), {"__builtins__": {}}, namespace)
+    except Exception:
+        return None
+
+
 def _parameter_fields() -> Dict[str, dict]:
     """Fields of the @parameterNodeWrapper class: name -> {kind, type, choices, bounded, default}."""
     tree = _module_tree()
-    constants = _module_constants(tree)
+    constants = _module_namespace(tree)
     cls = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == PARAMETER_NODE_CLASS), None)
     assert cls is not None, f"class {PARAMETER_NODE_CLASS} not found"
     assert any(ast.unparse(d) == "parameterNodeWrapper" for d in cls.decorator_list), \
@@ -443,7 +479,7 @@ def _parameter_fields() -> Dict[str, dict]:
         for extra in extras:
             if isinstance(extra, ast.Call) and ast.unparse(extra.func) == "Choice":
                 arg = extra.args[0]
-                choices = constants.get(arg.id) if isinstance(arg, ast.Name) else ast.literal_eval(arg)
+                choices = _evaluate(arg, constants)
             bounded |= isinstance(extra, ast.Call) and ast.unparse(extra.func) == "WithinRange"
         if type_name.startswith("vtkMRML"):
             kind = "node"
@@ -451,12 +487,7 @@ def _parameter_fields() -> Dict[str, dict]:
             kind = "choice"
         else:
             kind = type_name
-        default = None
-        if node.value is not None:
-            try:
-                default = ast.literal_eval(node.value)
-            except ValueError:
-                default = None
+        default = None if node.value is None else _evaluate(node.value, constants)
         fields[node.target.id] = {"kind": kind, "type": type_name, "choices": choices, "bounded": bounded,
                                   "default": default}
     return fields
@@ -555,35 +586,99 @@ def test_mrml_widgets_receive_the_scene():
     assert not mrml - connected, f"not connected to the scene: {sorted(mrml - connected)}"
 
 
+def _glue(name: str):
+    """A DISARegistrationLib module, imported as Slicer does (the module folder on sys.path)."""
+    import importlib
+
+    if str(MODULE_DIR) not in sys.path:
+        sys.path.insert(0, str(MODULE_DIR))
+    return importlib.import_module(f"DISARegistrationLib.{name}")
+
+
 def test_sample_data_checksums_match_the_bundled_files():
-    constants = _module_constants(_module_tree())
-    files, checksums = constants["SAMPLE_FILES"], constants["SAMPLE_CHECKSUMS"]
-    assert len(files) == len(checksums) == len(constants["SAMPLE_NODE_NAMES"])
-    folder = MODULE_DIR / "Resources" / "SampleData" / "Case24"
-    assert (folder / constants["SAMPLE_LANDMARKS"]).is_file()
-    for name, checksum in zip(files, checksums):
-        digest = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    from disa.sample_data import case24
+
+    sd = _glue("sample_data")
+    assert len(sd.SAMPLE_FILES) == len(sd.SAMPLE_CHECKSUMS) == len(sd.SAMPLE_NODE_NAMES)
+    case = case24()
+    assert [os.path.join(sd.SAMPLE_FOLDER, f) for f in sd.SAMPLE_FILES] == [str(case.fixed), str(case.moving)]
+    assert os.path.join(sd.SAMPLE_FOLDER, sd.SAMPLE_LANDMARKS) == str(case.landmarks)
+    assert os.path.isfile(sd.ICON)
+    for name, checksum in zip(sd.SAMPLE_FILES, sd.SAMPLE_CHECKSUMS):
+        digest = hashlib.sha256(Path(sd.SAMPLE_FOLDER, name).read_bytes()).hexdigest()
         assert checksum == f"SHA256:{digest}", f"{name}: update its checksum to SHA256:{digest}"
 
 
+def test_panel_choices_are_the_engine_names_with_labels():
+    """The metric lists name exactly what the engine offers; every stored choice has a label."""
+    from disa.similarity.maps import METRICS as MAP_METRICS
+    from disa.similarity.spec import METRIC_NAMES
+
+    constants = _module_constants(_module_tree())
+    assert sorted(constants["METRICS"]) == sorted(list(METRIC_NAMES) + ["combined"])
+    assert sorted(constants["MAP_METRICS"]) == sorted(MAP_METRICS)
+    labels = _glue("widget_helpers").CHOICE_LABELS
+    unlabelled = sorted({c for f in _parameter_fields().values() if f["choices"] for c in f["choices"]} - set(labels))
+    assert not unlabelled, f"add labels to widget_helpers.CHOICE_LABELS: {unlabelled}"
+
+
+def test_engine_requirements_match_pyproject():
+    """disa.REQUIREMENTS (what the Slicer module installs and checks) is what pip installs."""
+    import disa
+
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    block = re.search(r"^dependencies\s*=\s*\[(.*?)\]", text, re.MULTILINE | re.DOTALL).group(1)
+    assert sorted(re.findall(r'"([^"]+)"', block)) == sorted(disa.REQUIREMENTS)
+    assert f"torch>={disa.MIN_TORCH}" in disa.REQUIREMENTS
+
+
+#: How a hand-written RAS/LPS flip looks: a sign vector or diagonal with -1, -1, 1.
+_FLIP_PATTERN = re.compile(r"\[\s*-1(?:\.0*)?\s*,\s*-1(?:\.0*)?\s*,\s*1(?:\.0*)?\s*[,\]]")
+
+
+def test_ras_lps_flips_live_in_one_module():
+    owner = "disa/spatial/frames.py"
+    found = [f"{p}:{i}" for p in module_tree() if p.endswith(".py") and p != owner
+             for i, line in enumerate((MODULE_DIR / p).read_text(encoding="utf-8").splitlines(), 1)
+             if _FLIP_PATTERN.search(line)]
+    assert not found, f"RAS/LPS flips outside {owner} (call its functions instead): {found}"
+    assert _FLIP_PATTERN.search((MODULE_DIR / owner).read_text(encoding="utf-8"))  # the pattern finds the real one
+
+
 # (e) extension metadata -------------------------------------------------------------------------
+#: Words of template placeholders that must not reach the extension index.
+PLACEHOLDERS = ("contributors", "todo", "example", "yourname", "firstname", "lastname", "placeholder")
+
+
 def test_top_level_cmakelists_declares_the_extension():
     text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     depends = cmake_set(text, "EXTENSION_DEPENDS")
     assert depends is not None and "PyTorch" in depends, "EXTENSION_DEPENDS must list PyTorch"
     assert cmake_set(text, "EXTENSION_CATEGORY") == ["Registration"]
-    for variable in ("EXTENSION_HOMEPAGE", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
-                     "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
-        assert cmake_set(text, variable), f"{variable} is not set"
+    assert cmake_set(text, "EXTENSION_DESCRIPTION"), "EXTENSION_DESCRIPTION is not set"
     body = _strip_comments(text)
     for pattern in (r"find_package\s*\(\s*Slicer\s+REQUIRED\s*\)", r"include\s*\(\s*\$\{Slicer_USE_FILE\}\s*\)",
                     r"add_subdirectory\s*\(\s*DISARegistration\s*\)",
                     r"include\s*\(\s*\$\{Slicer_EXTENSION_GENERATE_CONFIG\}\s*\)",
                     r"include\s*\(\s*\$\{Slicer_EXTENSION_CPACK\}\s*\)"):
         assert re.search(pattern, body), f"top-level CMakeLists.txt lacks {pattern}"
-    icon = cmake_set(text, "EXTENSION_ICONURL")[0]
-    assert icon.endswith("/Resources/Icons/DISARegistration.png") and \
-        (REPO / "Resources" / "Icons" / "DISARegistration.png").exists()
+
+
+def test_extension_metadata_is_true_or_left_out():
+    """No placeholder names; a URL only to a file this repository holds (Slicer fills fields left
+    out with empty defaults). The project has no published address yet, so none is set."""
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    contributors = " ".join(cmake_set(text, "EXTENSION_CONTRIBUTORS") or []).lower()
+    assert not any(word in contributors for word in PLACEHOLDERS), f"placeholder contributors: {contributors}"
+    for variable in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        for url in cmake_set(text, variable) or []:
+            path = re.sub(r"^https?://[^/]+/[^/]+/[^/]+/(?:raw/)?[^/]+/", "", url)
+            assert (REPO / path).is_file(), f"{variable} points to {url}, a file this repository does not hold"
+    module = _module_tree()
+    init = next(n for n in ast.walk(module) if isinstance(n, ast.FunctionDef) and n.name == "__init__")
+    listed = [ast.unparse(n.value) for n in ast.walk(init) if isinstance(n, ast.Assign)
+              and any(ast.unparse(t) == "self.parent.contributors" for t in n.targets)]
+    assert listed and not any(word in listed[0].lower() for word in PLACEHOLDERS), listed
 
 
 def test_license_is_apache_2():
