@@ -157,9 +157,10 @@ class DISARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
-        self._dropJob()
         if self._install is not None:
             self._install.cancel()
+            self._install = None
+        self._dropJob()
         self.removeObservers()
 
     def enter(self):
@@ -275,7 +276,8 @@ class DISARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Cancel the run and forget it: the worker stops at its next evaluation, unobserved."""
         if self._job is not None:
             self._job.cancel()
-        self._pollTimer.stop()
+        if self._install is None:  # an installation goes on: it belongs to no scene
+            self._pollTimer.stop()
         self._job = self._jobParameterNode = None
 
     def _onPoll(self):

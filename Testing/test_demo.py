@@ -8,7 +8,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from disa.cli import main
 from disa.errors import InputError
@@ -18,13 +17,7 @@ from disa.sample_data import case24
 FAST = ["--metric", "mind", "--search", "local", "--spacings", "2", "--max-evals", "30", "--device", "cpu",
         "--quiet"]
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy CPU runs one torch thread much faster than two contending
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def digests(folder):

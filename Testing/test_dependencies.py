@@ -4,18 +4,13 @@ install job, run on real child processes: it never blocks its caller, reports fa
 line, stops at the first failure and can be cancelled."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 
 import pytest
 
-MODULE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "DISARegistration")
-if MODULE_DIR not in sys.path:
-    sys.path.insert(0, MODULE_DIR)  # as Slicer does for a scripted module's folder
-
-import disa  # noqa: E402
-from DISARegistrationLib import dependencies as deps  # noqa: E402
+import disa
+from DISARegistrationLib import dependencies as deps
 
 PY = sys.executable
 
