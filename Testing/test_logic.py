@@ -161,7 +161,7 @@ def apply(m, p):
 def registered(scene, nodes, case):
     """One logic run and one CLI run on the same small case (shared by several tests)."""
     before = snapshot(scene, nodes["fixed"], nodes["moving"], nodes["fixed_lm"], nodes["moving_lm"])
-    logic = RegistrationLogic(scene, device="cpu")
+    logic = RegistrationLogic(scene, device="cpu", threads=1)
     out = logic.register(nodes["fixed"], nodes["moving"], **FAST)
     after = snapshot(scene, nodes["fixed"], nodes["moving"], nodes["fixed_lm"], nodes["moving_lm"])
     cli_path = os.path.join(case["dir"], "cli.h5")
@@ -201,7 +201,7 @@ def test_initial_transform_and_parents_match_cli(scene, nodes, case, tmp_path):
     nodes["fixed"].SetAndObserveTransformNodeID(parent.GetID())
     try:
         before = snapshot(scene, nodes["fixed"], nodes["moving"], initial, parent)
-        out = RegistrationLogic(scene, device="cpu").register(nodes["fixed"], nodes["moving"],
+        out = RegistrationLogic(scene, device="cpu", threads=1).register(nodes["fixed"], nodes["moving"],
                                                               initialTransformNode=initial, **FAST)
         assert snapshot(scene, nodes["fixed"], nodes["moving"], initial, parent) == before
     finally:
@@ -228,7 +228,7 @@ def test_cancel_stops_within_a_second_and_writes_nothing(scene):
     chosen_state = snapshot(scene, chosen)
     ids = node_ids(scene)
     seen = []
-    job = RegistrationLogic(scene, device="cpu").registerAsync(
+    job = RegistrationLogic(scene, device="cpu", threads=1).registerAsync(
         fixed, moving, metric="mind", search="global", outputTransformNode=chosen,
         progress=lambda *p: seen.append(p))
     time.sleep(1.0)
@@ -414,7 +414,7 @@ def test_disa_descriptors_are_reused_while_volumes_are_unchanged(scene, nodes, m
     calls = []
     net.register_forward_hook(lambda *args: calls.append(1))
     monkeypatch.setattr(disa_similarity, "_load_default", lambda path: net)  # the weights are still training
-    logic = RegistrationLogic(scene, device="cpu")
+    logic = RegistrationLogic(scene, device="cpu", threads=1)
     settings = dict(metric="disa", search="local", resolution=2.0, maxEvaluations=6)
     logic.register(nodes["fixed"], nodes["moving"], **settings)
     first, misses = len(calls), logic.descriptorCache.misses
@@ -449,7 +449,7 @@ def _ijk_to_ras(node):
 def test_disa_registration_with_the_shipped_weights(scene, nodes):
     if not DEFAULT_WEIGHTS.exists():
         pytest.skip(f"DISA weights not trained yet: {DEFAULT_WEIGHTS}")
-    logic = RegistrationLogic(scene, device="cpu")
+    logic = RegistrationLogic(scene, device="cpu", threads=1)
     out = logic.register(nodes["fixed"], nodes["moving"], metric="disa", search="local", resolution=2.0)
     assert logic.lastResult.metric == "disa" and out.IsA("vtkMRMLLinearTransformNode")
     fre = logic.computeFRE(out, nodes["fixed_lm"], nodes["moving_lm"])
@@ -469,7 +469,7 @@ def _first_point_ras(markups):
 def test_similarity_map_on_the_moving_grid(scene, nodes, registered, metric):
     from disa.similarity.maps import similarity_map
 
-    logic = RegistrationLogic(scene, device="cpu")
+    logic = RegistrationLogic(scene, device="cpu", threads=1)
     point_ras = _first_point_ras(nodes["fixed_lm"])
     before = snapshot(scene, nodes["fixed"], nodes["moving"])
     node = logic.similarityMap(nodes["fixed"], nodes["moving"], point_ras, metric=metric)
@@ -490,7 +490,7 @@ def test_similarity_map_on_the_moving_grid(scene, nodes, registered, metric):
 
 # errors -----------------------------------------------------------------------------------------
 def test_errors_for_bad_input(scene, nodes, registered):
-    logic = RegistrationLogic(scene, device="cpu")
+    logic = RegistrationLogic(scene, device="cpu", threads=1)
     ids = node_ids(scene)
     with pytest.raises(InputError, match="different"):
         logic.register(nodes["fixed"], nodes["fixed"], **FAST)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from disa.demo import run_demo
 from disa.errors import InputError
+from disa.registration.defaults import DEFAULTS
 
 __all__ = ["SCENE_NAMES", "run_demo_scene"]
 
@@ -23,7 +24,7 @@ SCENE_NAMES = {"fixed": "Case24-US", "moving": "Case24-T1-perturbed", "transform
 #: The CLI's engine argument names that RegistrationLogic.register spells differently (the rest,
 #: e.g. spacings or optimizer, it passes to the engine unchanged).
 LOGIC_NAMES = {"search_rotation": "searchRotation", "search_translation": "searchTranslation",
-               "max_evals": "maxEvaluations"}
+               "max_evals": "maxEvaluations", "weights": "weightsPath"}
 
 #: What to install when slicer-core is missing (one line, as the command line prints it).
 INSTALL_HINT = ("--scene needs Slicer's MRML library without Qt, the slicer-core wheel: "
@@ -84,7 +85,8 @@ def _register_in_scene(demo, kwargs):
 
     kwargs = dict(kwargs)
     scene = scene_io.make_scene()
-    logic = RegistrationLogic(scene, device=kwargs.pop("device", "auto"))
+    logic = RegistrationLogic(scene, device=kwargs.pop("device", DEFAULTS.device),
+                              threads=kwargs.pop("threads", DEFAULTS.threads))
 
     def add(class_name, key):
         return scene.AddNewNodeByClass(class_name, SCENE_NAMES[key])

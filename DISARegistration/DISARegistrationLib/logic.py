@@ -17,6 +17,7 @@ starts, so a cancelled or failed run leaves the scene exactly as it was.
 """
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import vtk
 
 from disa.errors import CancelledError, InputError
 from disa.features.descriptors import DescriptorCache
+from disa.registration.defaults import DEFAULTS
 from disa.spatial.frames import lps_to_ras_points, ras_to_lps_points
 
 from . import mrml_bridge as bridge
@@ -86,14 +88,15 @@ def _spacings(resolution) -> Optional[List[float]]:
 class RegistrationLogic:
     """Registration and evaluation on the MRML ``scene`` (no Qt, no slicer.app).
 
-    ``device``: "auto", "cpu" or "cuda". ``threads``: torch CPU threads for the engine. A worker
-    (``registerAsync``) uses ``threads``, by default one fewer than torch would use: torch's
-    OpenMP threads busy-wait between operations, and on a small CPU they would starve Slicer's
-    GUI thread, which must keep repainting and polling the job. ``register`` on the calling
-    thread changes torch's setting only when ``threads`` is given.
+    ``device``: "auto", "cpu" or "cuda". ``threads``: CPU threads of each run, pinned by the
+    engine in the thread that runs it (None: every CPU, the engine's default, as for
+    ``disa register``). A result depends on the count (parallel sums add one partial sum per
+    thread), so ``register``, ``registerAsync`` and the command line agree bit for bit at the
+    same count; a smaller count leaves Slicer's GUI thread more CPU on a small machine, at the
+    price of a result that differs in the last bits.
     """
 
-    def __init__(self, scene, device: str = "auto", threads: Optional[int] = None):
+    def __init__(self, scene, device: str = DEFAULTS.device, threads: Optional[int] = DEFAULTS.threads):
         if scene is None:
             raise InputError("RegistrationLogic needs an MRML scene")
         self.scene = scene
@@ -105,74 +108,78 @@ class RegistrationLogic:
         self.descriptorCache = DescriptorCache()
 
     # registration -------------------------------------------------------------------------------
-    def register(self, fixedVolumeNode, movingVolumeNode, metric="disa", transform="rigid", search="local",
-                 initialTransformNode=None, outputTransformNode=None, outputVolumeNode=None,
-                 searchRotation=10.0, searchTranslation=15.0, resolution=None, maxEvaluations=None,
-                 seed=0, progress=None, cancel=None, **engineOptions):
+    def register(self, fixedVolumeNode, movingVolumeNode, metric=DEFAULTS.metric, transform=DEFAULTS.transform,
+                 search=DEFAULTS.search, initialTransformNode=None, outputTransformNode=None, outputVolumeNode=None,
+                 searchRotation=DEFAULTS.search_rotation, searchTranslation=DEFAULTS.search_translation,
+                 resolution=None, maxEvaluations=None, seed=DEFAULTS.seed, precision=DEFAULTS.precision,
+                 weightsPath=None, progress=None, cancel=None, **engineOptions):
         """Register ``movingVolumeNode`` to ``fixedVolumeNode``; returns the output transform node.
 
-        ``metric``: lc2, disa, mind, mi, ncc, lncc, ngf, mse or a weighted sum ("0.5*lc2+0.5*mind").
-        ``transform``: rigid or affine. ``search``: "local" (from the start pose) or "global"
-        (+-``searchRotation`` degrees, +-``searchTranslation`` mm first). The start pose is
-        ``initialTransformNode`` (moving -> world, as Slicer shows it) or where the moving volume is
-        shown now. ``resolution``: finest working spacing in mm (levels 2r and r), or a list of
+        Defaults are the engine's (``disa.registration.defaults.DEFAULTS``), as for ``disa register``.
+        ``metric``: mind, lc2, disa, mi, ncc, lncc, ngf, mse (any case) or a weighted sum
+        ("0.5*lc2+0.5*mind"). ``transform``: rigid or affine. ``search``: "global" (+-``searchRotation``
+        degrees, +-``searchTranslation`` mm first) or "local" (from the start pose). The start pose
+        is ``initialTransformNode`` (moving -> world, as Slicer shows it) or where the moving volume
+        is shown now. ``resolution``: finest working spacing in mm (levels 2r and r), or a list of
         spacings, coarse to fine; None chooses from the image size. ``maxEvaluations``: per level
-        and start. ``progress(stage, fraction, message)``; ``cancel``: callable returning True, or
-        a threading.Event (raises disa.errors.CancelledError). ``engineOptions`` go to
-        ``disa.registration.register`` unchanged (optimizer, search_samples, fixed_mask, ...).
+        and start. ``seed``: the global search's and mutual information's random choices (the same
+        seed gives the same matrix, bit for bit). ``precision``: of DISA descriptors (float32;
+        bfloat16, or float16 on CUDA). ``weightsPath``: a DISA weights file (checked against the
+        .json model card beside it; default: the shipped weights). ``progress(stage, fraction,
+        message)``; ``cancel``: callable returning True, or a threading.Event (raises
+        disa.errors.CancelledError). ``engineOptions`` go to ``disa.registration.register``
+        unchanged (optimizer, search_samples, search_starts, fixed_mask, ...).
 
         The output transform node (a new vtkMRMLLinearTransformNode if None) and the optional
         output volume (the moving volume resampled on the fixed grid) are written only after the
         engine succeeded; input nodes are never modified. Raises InputError for fixable problems.
         """
-        run = self._prepare(fixedVolumeNode, movingVolumeNode, metric, transform, search, initialTransformNode,
-                            outputTransformNode, outputVolumeNode, searchRotation, searchTranslation, resolution,
-                            maxEvaluations, seed, engineOptions)
-        engineResult = self._runEngine(run, progress, _asCancelCallable(cancel), self.threads)
+        settings = {name: value for name, value in locals().items() if name not in ("self", "progress", "cancel")}
+        run = self._prepare(**settings)
+        engineResult = self._runEngine(run, progress, _asCancelCallable(cancel))
         return self._finish(run, engineResult)
 
-    def registerAsync(self, fixedVolumeNode, movingVolumeNode, metric="disa", transform="rigid", search="local",
-                      initialTransformNode=None, outputTransformNode=None, outputVolumeNode=None,
-                      searchRotation=10.0, searchTranslation=15.0, resolution=None, maxEvaluations=None,
-                      seed=0, progress=None, cancel=None, **engineOptions) -> "RegistrationJob":
-        """``register`` with the engine on a worker thread; returns the running RegistrationJob.
+    def registerAsync(self, fixedVolumeNode, movingVolumeNode, progress=None, cancel=None,
+                      **settings) -> "RegistrationJob":
+        """``register`` (same settings, same defaults) with the engine on a worker thread; returns
+        the running RegistrationJob.
 
         Inputs are checked and copied now (errors raise here). Poll ``job.done`` (a timer in
         Slicer), then call ``job.finish()`` on this thread: it creates/updates the output nodes and
         returns the output transform node. ``progress`` is called from ``job.poll()``/``wait()`` on
         the polling thread, never from the worker.
         """
-        run = self._prepare(fixedVolumeNode, movingVolumeNode, metric, transform, search, initialTransformNode,
-                            outputTransformNode, outputVolumeNode, searchRotation, searchTranslation, resolution,
-                            maxEvaluations, seed, engineOptions)
+        bound = inspect.signature(self.register).bind(fixedVolumeNode, movingVolumeNode, **settings)
+        bound.apply_defaults()  # register's defaults: one definition for both
+        arguments = {name: value for name, value in bound.arguments.items() if name not in ("progress", "cancel")}
+        run = self._prepare(**arguments)
         return RegistrationJob(self, run, progress, _asCancelCallable(cancel))
 
-    def _workerThreads(self) -> int:
-        import torch
+    def _similarity(self, metric, weightsPath, precision, seed):
+        """(what the engine gets as its metric, the metric's canonical name), parsed now so that a
+        bad name raises here, not on the worker. DISA terms are built here, with this logic's
+        descriptor cache (its hit and miss counts then describe this logic's runs) and their weights
+        file checked and loaded here; other measures go as canonical text, which the engine builds
+        exactly as for the command line."""
+        from disa.similarity import Similarity, parse_metric
 
-        return self.threads or max(1, torch.get_num_threads() - 1)
+        if isinstance(metric, Similarity):  # built by the caller, used as it is
+            if weightsPath is not None:
+                raise InputError("give the weights file to the DISA similarity itself, not as weightsPath")
+            return metric, metric.name
+        spec = parse_metric(metric)
+        if "disa" not in spec.names and weightsPath is None:
+            return str(spec), str(spec)
+        return spec.build(weights=weightsPath, precision=precision, seed=seed, cache=self.descriptorCache), str(spec)
 
-    def _similarity(self, metric):
-        """The metric for the engine: DISA terms get this logic's own descriptor cache (its hit and
-        miss counts then describe this logic's runs) and load their weights here, not in the worker."""
-        if not isinstance(metric, str):
-            return metric  # a Similarity built by the caller, used as it is
-        if "disa" not in metric.lower():
-            return metric  # the engine builds it exactly as the CLI does
-        from disa.similarity import make_similarity
-
-        similarity = make_similarity(metric)
-        for part in [similarity] + [s for _, s in getattr(similarity, "parts", [])]:
-            if getattr(part, "name", "") == "disa":
-                part.cache = self.descriptorCache
-        return similarity
-
-    def _prepare(self, fixedNode, movingNode, metric, transform, search, initialNode, outputTransformNode,
-                 outputVolumeNode, searchRotation, searchTranslation, resolution, maxEvaluations, seed,
-                 engineOptions) -> _Run:
+    def _prepare(self, fixedVolumeNode, movingVolumeNode, metric, transform, search, initialTransformNode,
+                 outputTransformNode, outputVolumeNode, searchRotation, searchTranslation, resolution,
+                 maxEvaluations, seed, precision, weightsPath, engineOptions) -> _Run:
+        from disa.registration.options import check_settings
         from disa.registration.pipeline import resolve_device
         from disa.spatial.image import check_image
 
+        fixedNode, movingNode = fixedVolumeNode, movingVolumeNode
         if fixedNode is None or movingNode is None:
             raise InputError("select both a fixed and a moving volume")
         for node, what in ((fixedNode, "fixed volume"), (movingNode, "moving volume")):
@@ -191,14 +198,16 @@ class RegistrationLogic:
             if _isUnder(fixedNode, outputTransformNode):
                 raise InputError("the fixed volume is under the output transform; choose another output "
                                  "transform or move the fixed volume out from under it")
-        if search not in ("local", "global"):
-            raise InputError(f"unknown search {search!r}; use local or global")
-        if transform not in ("rigid", "affine"):
-            raise InputError(f"unknown transform {transform!r}; use rigid or affine")
         spacings = _spacings(resolution)
         if spacings is not None and "spacings" in engineOptions:
             raise InputError("give either resolution or spacings, not both")
+        # The engine's own checks, run now so that a bad setting is refused before the worker starts.
+        settings = check_settings(transform, search, searchRotation, searchTranslation,
+                                  engineOptions.get("search_samples", DEFAULTS.search_samples),
+                                  engineOptions.get("search_starts", DEFAULTS.search_starts),
+                                  spacings or engineOptions.get("spacings"), maxEvaluations, seed, precision)
         resolve_device(self.device)  # a missing GPU is reported now, not from the worker
+        similarity, metricName = self._similarity(metric, weightsPath, settings["precision"], settings["seed"])
 
         fixedImage = bridge.image_from_volume_node(fixedNode, "fixed volume")
         movingImage = bridge.image_from_volume_node(movingNode, "moving volume")
@@ -206,25 +215,25 @@ class RegistrationLogic:
         check_image(movingImage, f"moving volume '{movingNode.GetName()}'")
         # Engine frames are the volumes' own (local) frames: fixed local -> moving local.
         fixedToWorld = bridge.local_to_world_lps(fixedNode)
-        if initialNode is not None:
-            worldToMoving = bridge.itk_matrix_from_transform_node(initialNode, world=True)
+        if initialTransformNode is not None:
+            worldToMoving = bridge.itk_matrix_from_transform_node(initialTransformNode, world=True)
         else:
             worldToMoving = np.linalg.inv(bridge.local_to_world_lps(movingNode))
         if outputTransformNode is not None:
             bridge.local_to_world_lps(outputTransformNode)  # its parents must be linear, checked now
 
-        engine = dict(fixed=fixedImage, moving=movingImage, metric=self._similarity(metric), transform=transform,
-                      initial=worldToMoving @ fixedToWorld, search=search, search_rotation=float(searchRotation),
-                      search_translation=float(searchTranslation), max_evals=maxEvaluations, seed=int(seed),
-                      device=self.device, resample=outputVolumeNode is not None)
+        engine = dict(fixed=fixedImage, moving=movingImage, metric=similarity, transform=settings["transform"],
+                      initial=worldToMoving @ fixedToWorld, search=settings["search"],
+                      search_rotation=settings["search_rotation"], search_translation=settings["search_translation"],
+                      max_evals=settings["max_evals"], seed=settings["seed"], precision=settings["precision"],
+                      device=self.device, threads=self.threads, resample=outputVolumeNode is not None)
         if spacings is not None:
             engine["spacings"] = spacings
         engine.update(engineOptions)
-        metricName = metric if isinstance(metric, str) else getattr(metric, "name", str(metric))
         return _Run(engine, fixedNode, movingNode, outputTransformNode, outputVolumeNode, fixedToWorld, metricName)
 
     @staticmethod
-    def _runEngine(run: _Run, progress, cancel, threads: Optional[int]):
+    def _runEngine(run: _Run, progress, cancel):
         """The engine part of a run: touches no MRML node (safe on a worker thread)."""
         from disa.registration import register
         from disa.spatial import resample_image
@@ -232,14 +241,13 @@ class RegistrationLogic:
 
         kwargs = dict(run.engine)
         resample = kwargs.pop("resample")
-        with torch_threads(threads):
-            result = register(progress=progress, cancel=cancel, **kwargs)
-            resampled = None
-            if resample:
-                if cancel is not None and cancel():
-                    raise CancelledError("registration cancelled")
-                resampled = resample_image(kwargs["moving"], kwargs["fixed"], result.matrix)
-        return result, resampled
+        result = register(progress=progress, cancel=cancel, **kwargs)  # pins its own thread count
+        if not resample:
+            return result, None
+        if cancel is not None and cancel():
+            raise CancelledError("registration cancelled")
+        with torch_threads(kwargs["threads"]):
+            return result, resample_image(kwargs["moving"], kwargs["fixed"], result.matrix)
 
     def _finish(self, run: _Run, engineResult):
         """Write a finished run into the scene (on the scene's thread); returns the transform node."""
@@ -383,15 +391,16 @@ class RegistrationLogic:
         return outputNode
 
     # similarity map -----------------------------------------------------------------------------
-    def similarityMap(self, fixedVolumeNode, movingVolumeNode, pointRAS, metric="disa", transformNode=None,
-                      outputVolumeNode=None):
+    def similarityMap(self, fixedVolumeNode, movingVolumeNode, pointRAS, metric=DEFAULTS.metric, transformNode=None,
+                      outputVolumeNode=None, weightsPath=None):
         """Similarity of the fixed volume at ``pointRAS`` (world) to every moving voxel.
 
         Returns a scalar volume node on the moving volume's grid (``outputVolumeNode`` or a new
         one), placed like the moving volume: under ``transformNode`` when given (the moving frame
         -> world mapping to compare in), else under the moving volume's own parent. ``metric``:
-        disa, lc2 or mind (disa.similarity.maps). The frames are related by that linear mapping;
-        an affine one with shear is approximated by its column scales in the map's resampling.
+        mind, lc2 or disa (disa.similarity.maps); ``weightsPath``: the DISA weights file, as for
+        ``register``. The frames are related by that linear mapping; an affine one with shear is
+        approximated by its column scales in the map's resampling.
         """
         import torch
         from disa.similarity.maps import similarity_map
@@ -417,9 +426,13 @@ class RegistrationLogic:
         fixedInMoving = Image(fixed.data, spacing, indexToMoving[:3, 3], indexToMoving[:3, :3] / spacing, fixed.mask)
         point = ras_to_lps_points(np.asarray(pointRAS, dtype=np.float64).reshape(3))
         point = (np.linalg.inv(movingToWorld) @ np.r_[point, 1.0])[:3]
+        model = None
+        if str(metric).lower() == "disa" or weightsPath is not None:  # the network, loaded and checked as register does
+            model = self._similarity(metric, weightsPath, DEFAULTS.precision, DEFAULTS.seed)[0].model
         with torch.no_grad():
             # The moving volume's DISA descriptors are reused for maps at other points.
-            result = similarity_map(point, fixedInMoving, moving, metric=metric, cache=self.descriptorCache)
+            result = similarity_map(point, fixedInMoving, moving, metric=metric, model=model,
+                                    cache=self.descriptorCache)
         if outputVolumeNode is None:
             name = self.scene.GenerateUniqueName(f"{metric} similarity map")
             outputVolumeNode = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
@@ -466,8 +479,7 @@ class RegistrationJob:
 
     def _work(self):
         try:
-            self._engineResult = self._logic._runEngine(self._run, self._onProgress, self._cancelled,
-                                                        self._logic._workerThreads())
+            self._engineResult = self._logic._runEngine(self._run, self._onProgress, self._cancelled)
         except BaseException as exc:  # reported through .error / finish() on the scene's thread
             self.error = exc
         finally:
