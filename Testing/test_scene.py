@@ -116,7 +116,7 @@ def test_demo_scene_reopens_with_registration_landmarks_and_fre(tmp_path):
     bundle = tmp_path / "demo.mrb"
     lines = []
     summary = run_demo_scene(bundle, tmp_path / "out", print_fn=lines.append, metric="mind", search="local",
-                             spacings=[2.0], device="cpu", seed=0)
+                             spacings=[2.0], device="cpu", seed=0, threads=1)
     assert summary["scene"] == str(bundle) and any(str(bundle) in line for line in lines)
     scene = scene_io.load_scene_bundle(bundle)
     named = nodes_by_name(scene)
