@@ -109,10 +109,10 @@ def test_global_search_checks_cancel_between_small_batches():
 
     monitor = Monitor(cancel=lambda: len(scored) > 0)
     with pytest.raises(CancelledError):
-        global_search(similarity, np.zeros(6), n=256, monitor=monitor)
+        global_search(similarity, np.zeros((256, 6)), monitor=monitor)
     assert scored == [8]
     scored.clear()
-    top = global_search(similarity, np.zeros(6), n=100)
+    top = global_search(similarity, np.zeros((100, 6)))
     assert sum(scored) == 100 and max(scored) <= 8 and top.shape == (4, 6)
 
 

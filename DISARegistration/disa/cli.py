@@ -12,7 +12,10 @@ import sys
 import time
 from typing import List, Optional
 
-from .errors import CancelledError, DISAError
+from .errors import CancelledError, DISAError, InputError, existing_file
+from .registration.defaults import DEFAULTS, FIXED_MASKS, PRECISIONS, SEARCHES, TRANSFORMS
+from .registration.options import (MAX_EVALS, MAX_ROTATION_DEG, MAX_SEARCH_SAMPLES, MAX_SEED, MAX_TRANSLATION_MM,
+                                   check_int, check_range, check_spacings)
 
 METRICS_HELP = ("similarity: lc2 (exact LC2, BOBYQA), disa (learned DISA-LC2 descriptors; needs the "
                 "trained weights in Resources/Models), mind (MIND-SSC, L-BFGS), mi (Parzen mutual "
@@ -43,48 +46,118 @@ class TerminalProgress:
         self.stream.flush()
 
 
-def _add_registration_options(p: argparse.ArgumentParser, default_metric: str = "lc2"):
-    p.add_argument("--metric", default=default_metric, help=METRICS_HELP + f" (default {default_metric})")
-    p.add_argument("--transform", default="rigid", choices=["rigid", "affine"],
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``disa: error: ...`` and exit code 2, no usage block."""
+
+    def error(self, message):
+        self.exit(2, f"disa: error: {message} (see {self.prog} --help)\n")
+
+
+def _checked(check, what: str):
+    """An argparse type from an engine check that raises InputError."""
+    def convert(text):
+        try:
+            return check(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    convert.__name__ = what  # argparse names the type in its messages
+    return convert
+
+
+def _spacings(text: str):
+    return check_spacings([t for t in text.split(",")] if text.strip() else [], "each spacing")
+
+
+def _existing(what: str):
+    return _checked(lambda text: existing_file(text, what), what)
+
+
+#: Volume formats written as one file (so they can be written to a temporary name first).
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+def _transform_suffixes():
+    from .transforms.itk_io import WRITE_SUFFIXES
+
+    return WRITE_SUFFIXES
+
+
+def _suffix(suffixes, what: str):
+    """A file name with one of ``suffixes`` (a tuple, or a function giving it)."""
+    def check(text: str) -> str:
+        allowed = suffixes() if callable(suffixes) else suffixes
+        if not text.lower().endswith(allowed):
+            raise InputError(f"{text!r} is not {what} file name; use one of {', '.join(allowed)}")
+        return text
+    return _checked(check, "file name")
+
+
+def _metric(text: str):
+    from .similarity.spec import parse_metric
+
+    return parse_metric(text)
+
+
+SEED = _checked(lambda t: check_int("the seed", t, 0, MAX_SEED), "seed")
+COUNT = _checked(lambda t: check_int("the value", t, 1, MAX_SEARCH_SAMPLES), "count")
+EVALS = _checked(lambda t: check_int("the value", t, 1, MAX_EVALS), "evaluations")
+DEGREES = _checked(lambda t: check_range("the range", t, MAX_ROTATION_DEG), "degrees")
+MILLIMETRES = _checked(lambda t: check_range("the range", t, MAX_TRANSLATION_MM), "millimetres")
+
+
+def _add_registration_options(p: argparse.ArgumentParser):
+    d = DEFAULTS
+    p.add_argument("--metric", default=d.metric, type=_checked(_metric, "metric"),
+                   help=METRICS_HELP + f"; any case (default {d.metric}, the best-validated measure)")
+    p.add_argument("--transform", default=d.transform, choices=TRANSFORMS,
                    help="transform model: rigid (6 parameters) or affine (12), about the fixed image centre")
     p.add_argument("--optimizer", choices=["bobyqa", "lbfgs"], default=None,
                    help="local optimizer (default: bobyqa for lc2, lbfgs for the differentiable measures)")
-    p.add_argument("--search", choices=["global", "local"], default="global",
+    p.add_argument("--search", choices=SEARCHES, default=d.search,
                    help="global: score --search-samples poses around the start on the coarsest level and "
-                        "optimize from the best few; local: one local optimization from the start")
-    p.add_argument("--search-rotation", type=float, default=10.0, metavar="DEG",
-                   help="global search range of each rotation component, +- degrees (default 10)")
-    p.add_argument("--search-translation", type=float, default=15.0, metavar="MM",
-                   help="global search range of each translation component, +- mm (default 15)")
-    p.add_argument("--search-samples", type=int, default=256, help="poses scored by the global search (default 256)")
-    p.add_argument("--spacings", default=None, metavar="MM[,MM...]",
+                        "optimize from the best few; local: one local optimization from the start "
+                        f"(default {d.search})")
+    p.add_argument("--search-rotation", type=DEGREES, default=d.search_rotation, metavar="DEG",
+                   help=f"global search range of each rotation component, +- degrees (default {d.search_rotation:g})")
+    p.add_argument("--search-translation", type=MILLIMETRES, default=d.search_translation, metavar="MM",
+                   help="global search range of each translation component, +- mm "
+                        f"(default {d.search_translation:g})")
+    p.add_argument("--search-samples", type=COUNT, default=d.search_samples, metavar="N",
+                   help=f"poses scored by the global search (default {d.search_samples})")
+    p.add_argument("--search-starts", type=COUNT, default=d.search_starts, metavar="N",
+                   help=f"best poses of the global search optimized locally (default {d.search_starts})")
+    p.add_argument("--spacings", type=_checked(_spacings, "spacings"), default=None, metavar="MM[,MM...]",
                    help="working spacings in mm, coarse to fine, e.g. 2,1 (default: two levels chosen "
                         "from the image size, 2 and 1 mm for a 5 cm ultrasound volume)")
-    p.add_argument("--max-evals", type=int, default=None, help="objective evaluations per level and start")
-    p.add_argument("--fixed-mask", default="auto", choices=["auto", "nonzero", "none"],
+    p.add_argument("--max-evals", type=EVALS, default=None, metavar="N",
+                   help="objective evaluations per level and start")
+    p.add_argument("--fixed-mask", default=d.fixed_mask, choices=FIXED_MASKS,
                    help="fixed voxels that count: auto = nonzero when >10%% of the volume is exactly 0 "
                         "(ultrasound fans, cropped volumes), else all")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
-    p.add_argument("--seed", type=int, default=0, help="random seed (global search samples, MI sampling)")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                   help="precision of the DISA descriptors: float32 (default, the same result on every run), "
+                        "bfloat16 (faster on CPUs with AVX512-BF16 and on GPUs) or float16 (CUDA); reduced "
+                        "precision changes the result slightly")
+    p.add_argument("--weights", type=_existing("DISA weights"), default=None, metavar="FILE",
+                   help="DISA network weights to use instead of the shipped ones (a .pt file with its .json "
+                        "model card beside it, as disa train writes them)")
+    p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--seed", type=SEED, default=d.seed,
+                   help=f"random seed, 0 to {MAX_SEED} (global search samples, MI sampling; default {d.seed})")
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def _registration_kwargs(args) -> dict:
-    spacings = None
-    if args.spacings:
-        try:
-            spacings = [float(s) for s in args.spacings.split(",")]
-        except ValueError:
-            raise DISAError(f"--spacings must be comma-separated numbers in mm, got {args.spacings!r}") from None
     return dict(metric=args.metric, transform=args.transform, optimizer=args.optimizer, search=args.search,
                 search_rotation=args.search_rotation, search_translation=args.search_translation,
-                search_samples=args.search_samples, spacings=spacings, max_evals=args.max_evals,
-                fixed_mask=args.fixed_mask, device=args.device, seed=args.seed,
+                search_samples=args.search_samples, search_starts=args.search_starts, spacings=args.spacings,
+                max_evals=args.max_evals, fixed_mask=args.fixed_mask, precision=args.precision,
+                weights=args.weights, device=args.device, seed=args.seed,
                 progress=TerminalProgress(quiet=args.quiet))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="disa",
         description="DISA multimodal registration (ultrasound, MR, CT). Physical coordinates are LPS "
                     "millimetres as in ITK; transform files map fixed points to moving points (the "
@@ -96,11 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Register MOVING to FIXED and write an ITK transform file.")
     p.add_argument("--fixed", required=True, help="fixed volume (NIfTI, NRRD, MHA); put the ultrasound here for lc2")
     p.add_argument("--moving", required=True, help="moving volume (NIfTI, NRRD, MHA)")
-    p.add_argument("--output-transform", required=True, metavar="OUT",
+    p.add_argument("--output-transform", required=True, metavar="OUT", type=_suffix(_transform_suffixes, "a transform"),
                    help="ITK transform file to write (.h5, .tfm): fixed LPS point -> moving LPS point, "
                         "--initial-transform included")
     p.add_argument("--initial-transform", metavar="IN", help="ITK transform file to start from (linear)")
-    p.add_argument("--output-volume", metavar="PATH", help="also write the moving volume resampled on the fixed grid")
+    p.add_argument("--output-volume", metavar="PATH", type=_suffix(VOLUME_SUFFIXES, "a volume"),
+                   help="also write the moving volume resampled on the fixed grid (.nii, .nii.gz, .nrrd, .mha)")
     p.add_argument("--json", metavar="PATH", help="also write the result (matrix, similarity, timings) as JSON")
     _add_registration_options(p)
     p.set_defaults(func=cmd_register)
@@ -138,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="accuracy and speed against SimpleITK and elastix on Case 24",
                        description="Seeded rigid perturbations of Case 24, registered by each method; prints a "
                                    "table with ratios and writes it as JSON and Markdown.")
-    p.add_argument("--runs", type=int, default=20, help="number of perturbations (default 20)")
-    p.add_argument("--max-rotation", type=float, default=10.0, help="perturbation range, +- degrees per axis")
-    p.add_argument("--max-translation", type=float, default=10.0, help="perturbation range, +- mm per axis")
+    p.add_argument("--runs", type=COUNT, default=20, help="number of perturbations (default 20)")
+    p.add_argument("--max-rotation", type=DEGREES, default=10.0, help="perturbation range, +- degrees per axis")
+    p.add_argument("--max-translation", type=MILLIMETRES, default=10.0, help="perturbation range, +- mm per axis")
     p.add_argument("--methods", default=None,
                    help="comma-separated subset of: disa, lc2, mind, mi, sitk-mi, elastix (default all available)")
     p.add_argument("--val-data", default=None, metavar="DIR",
@@ -150,8 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the data folder with templates/ (e.g. ../shared/data): also register held-out "
                         "synthetic ultrasound-MR pairs with DISA and exact LC2 (a few minutes)")
     p.add_argument("--output-dir", default="bench-results", help="where to write results (default bench-results)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the perturbations")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the perturbations")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--weights", type=_existing("DISA weights"), default=None, metavar="FILE",
+                   help="DISA network weights to benchmark instead of the shipped ones (.pt with its .json "
+                        "model card, as disa train writes them)")
     p.set_defaults(func=cmd_benchmark)
 
     from .train import add_train_arguments  # argparse only; torch loads when the command runs
@@ -167,19 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_register(args) -> int:
+    from .outputs import OutputFiles
     from .registration import register_files
 
+    # Checked before any work: no output may replace an input, every output folder is writable.
+    outputs = OutputFiles({"--output-transform": args.output_transform, "--output-volume": args.output_volume,
+                           "--json": args.json},
+                          inputs={"--fixed": args.fixed, "--moving": args.moving,
+                                  "--initial-transform": args.initial_transform, "--weights": args.weights})
     result = register_files(args.fixed, args.moving, args.initial_transform, **_registration_kwargs(args))
-    result.save_transform(args.output_transform)
-    print(result.summary())
-    print(f"wrote {args.output_transform}")
-    if args.output_volume:
-        from .transforms.itk_io import write_resampled
+    with outputs.staged() as staged:  # all outputs or none
+        result.save_transform(staged["--output-transform"])
+        if args.output_volume:
+            from .transforms.itk_io import write_resampled
 
-        write_resampled(args.moving, args.fixed, result.matrix, args.output_volume)
-        print(f"wrote {args.output_volume}")
-    if args.json:
-        write_json(args.json, result_dict(result))
+            write_resampled(args.moving, args.fixed, result.matrix, staged["--output-volume"])
+        if args.json:
+            write_json(staged["--json"], result.as_dict())
+    print(result.summary())
+    for path in outputs.paths.values():
+        print(f"wrote {path}")
     return 0
 
 
@@ -187,8 +271,12 @@ def cmd_evaluate(args) -> int:
     import numpy as np
 
     from .evaluate import error_statistics, format_statistics, read_landmarks, registration_errors
+    from .outputs import OutputFiles
     from .transforms.itk_io import read_itk_transform
 
+    outputs = OutputFiles({"--json": args.json}, inputs={
+        "--transform": args.transform, "--fixed-landmarks": _landmark_file(args.fixed_landmarks),
+        "--moving-landmarks": _landmark_file(args.moving_landmarks)})
     matrix = np.eye(4) if args.transform is None else read_itk_transform(args.transform)
     fixed = read_landmarks(args.fixed_landmarks)
     moving = read_landmarks(args.moving_landmarks)
@@ -199,7 +287,8 @@ def cmd_evaluate(args) -> int:
             print(f"{label}\t{e:.3f} mm")
     print(format_statistics(stats))
     if args.json:
-        write_json(args.json, {"statistics": stats, "errors": [float(e) for e in errors]})
+        with outputs.staged() as staged:
+            write_json(staged["--json"], {"statistics": stats, "errors": [float(e) for e in errors]})
     return 0
 
 
@@ -225,7 +314,7 @@ def cmd_benchmark(args) -> int:
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     run_benchmark(runs=args.runs, max_rotation=args.max_rotation, max_translation=args.max_translation,
                   methods=methods, output_dir=args.output_dir, seed=args.seed, device=args.device,
-                  val_data=args.val_data, heldout_data=args.heldout_data)
+                  val_data=args.val_data, heldout_data=args.heldout_data, weights=args.weights)
     return 0
 
 
@@ -235,12 +324,10 @@ def cmd_train(args) -> int:
     return run_from_args(args)
 
 
-def result_dict(result) -> dict:
-    return {"matrix_lps_fixed_to_moving": result.matrix.tolist(), "params": result.params.tolist(),
-            "transform": result.transform, "metric": result.metric,
-            "initial_similarity": result.initial_similarity, "final_similarity": result.final_similarity,
-            "seconds": result.seconds, "device": result.device,
-            "levels": [vars(level) for level in result.levels]}
+def _landmark_file(text: str) -> str:
+    """The file of a landmark argument (``FILE.tag:1`` names FILE.tag)."""
+    head, sep, tail = text.rpartition(":")
+    return head if sep and tail in ("1", "2") and head.lower().endswith(".tag") else text
 
 
 def write_json(path, data):

@@ -165,16 +165,18 @@ def _pct(v) -> str:
 class _Runner:
     """One method: ``warm_up()`` (untimed) then ``__call__(moved) -> (matrix, seconds, info)``."""
 
-    def __init__(self, method: str, fixed, fixed_mask: np.ndarray, device: str, seed: int):
+    def __init__(self, method: str, fixed, fixed_mask: np.ndarray, device: str, seed: int, weights=None):
         self.method, self.fixed, self.fixed_mask, self.device, self.seed = method, fixed, fixed_mask, device, seed
         self.worker = None
+        # a weights file (disa benchmark --weights) applies to the DISA rows only
+        self.options = {"weights": weights} if method == "disa" and weights is not None else {}
 
     def available(self) -> Optional[str]:
         if self.method == "disa":
-            from ..features.weights import load_weights
+            from ..features.weights import DEFAULT_WEIGHTS, load_weights
 
             try:
-                load_weights()
+                load_weights(self.options.get("weights", DEFAULT_WEIGHTS))
             except InputError as exc:
                 return str(exc)
             return None
@@ -196,7 +198,7 @@ class _Runner:
             from ..registration import register
 
             register(self.fixed, moved, metric=self.method, search="local", spacings=[4.0], max_evals=15,
-                     device=self.device, seed=0)
+                     device=self.device, seed=0, **self.options)
         else:
             self(moved)
 
@@ -205,7 +207,7 @@ class _Runner:
             from ..registration import register
 
             t0 = time.perf_counter()
-            r = register(self.fixed, moved, metric=self.method, device=self.device, seed=0)
+            r = register(self.fixed, moved, metric=self.method, device=self.device, seed=0, **self.options)
             seconds = time.perf_counter() - t0
             return r.matrix, seconds, {"engine_seconds": r.seconds, "final_similarity": r.final_similarity,
                                        "evaluations": [lv.evaluations for lv in r.levels], "device": r.device}
@@ -226,11 +228,13 @@ class _Runner:
 def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: float = 10.0,
                   methods: Optional[Sequence[str]] = None, output_dir="bench-results", seed: int = 0,
                   device: str = "auto", data_dir=None, print_fn: Callable[[str], None] = print,
-                  log=None, val_data: Optional[str] = None, heldout_data: Optional[str] = None) -> dict:
+                  log=None, val_data: Optional[str] = None, heldout_data: Optional[str] = None,
+                  weights=None) -> dict:
     """Run the benchmark, print the report with ``print_fn``, write results.json/results.md.
 
     ``methods`` None runs every available method (elastix only with itk-elastix installed);
     an unknown name raises InputError. Progress lines go to ``log`` (default stderr).
+    ``weights``: a DISA weights file to benchmark instead of the shipped one.
     """
     import torch
 
@@ -268,7 +272,7 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
         lc2_eval = time_lc2_evaluation(fixed, moving, device)
         progress(f"LC2 evaluation: median {lc2_eval['median_ms']:.1f} ms")
         disa_rows = _disa_rows(chosen, fixed, moving, fixed_lm, moving_lm, device, val_data, progress,
-                               heldout_data)
+                               heldout_data, weights)
 
         cases = perturbations(int(runs), float(max_rotation), float(max_translation), seed, moving.center())
         for c in cases:
@@ -283,7 +287,7 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
         runners: Dict[str, _Runner] = {}
         try:
             for method in chosen:
-                runner = _Runner(method, fixed, fixed_mask, device, seed)
+                runner = _Runner(method, fixed, fixed_mask, device, seed, weights)
                 entry = {"optimizer": OPTIMIZERS[method], "available": True, "runs": []}
                 results[method] = entry
                 reason = runner.available()
@@ -383,18 +387,19 @@ def _json_default(o):
 
 
 def _disa_rows(chosen, fixed, moving, fixed_lm, moving_lm, device, val_data, progress,
-               heldout_data=None) -> Optional[dict]:
-    """Approximation and speed of the shipped DISA weights (None when DISA is not benchmarked)."""
+               heldout_data=None, weights=None) -> Optional[dict]:
+    """Approximation and speed of the DISA weights, the shipped ones unless ``weights`` names a
+    file (None when DISA is not benchmarked)."""
     if "disa" not in chosen:
         return None
-    from ..features.weights import load_weights
+    from ..features.weights import DEFAULT_WEIGHTS, load_weights
     from . import disa_checks
 
     try:
-        model, meta = load_weights()
+        model, meta = load_weights(weights or DEFAULT_WEIGHTS)
     except InputError as exc:
         return {"error": str(exc)}
-    rows: dict = {"weights_sha256": (meta or {}).get("sha256")}
+    rows: dict = {"weights_sha256": (meta or {}).get("sha256"), "weights_file": str(weights or "shipped")}
     progress("DISA: timing 128^3 descriptors, one DISA and one LC2 evaluation ...")
     rows["descriptors_128"] = disa_checks.time_descriptors(model, 128, "cpu")
     if device != "cpu" and __import__("torch").cuda.is_available():

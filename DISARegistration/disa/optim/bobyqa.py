@@ -44,7 +44,11 @@ def minimize_bobyqa(cost: Callable[[torch.Tensor], torch.Tensor], x0: np.ndarray
         lower, upper = (np.array(b, dtype=np.float64) for b in zip(*bounds))
     res = pybobyqa.solve(fun, x0, bounds=(lower, upper), rhobeg=rhobeg, rhoend=rhoend, maxfun=max_evals,
                          objfun_has_noise=False, scaling_within_bounds=False,
-                         user_params={"logging.save_diagnostic_info": False})
+                         user_params={"logging.save_diagnostic_info": False,
+                                      # no draws from numpy's global generator: a run's result
+                                      # must not depend on what else the process does
+                                      "init.random_initial_directions": False,
+                                      "restarts.use_restarts": False})
     if res.x is None:  # Py-BOBYQA reports input errors in the result, not as exceptions
         raise RuntimeError(f"BOBYQA failed: {res.msg}")
     return OptimResult(np.asarray(res.x), float(res.f), int(res.nf), str(res.msg), history)

@@ -1,39 +1,63 @@
 """Global search: score hundreds of starting poses in batches and keep the best few.
 
-The poses are a scrambled Sobol sequence over the rotation and translation ranges around the
-start (the start itself included), so coverage is even and a seed makes it repeatable. Local
-optimization from the best ``top_k`` of them widens the capture range well beyond that of a
-single local run, at the cost of a few batched evaluations on the coarsest level.
+The poses are drawn in one physical parameterization for every transform model (rotation
+vector in degrees, translation in mm, about the fixed image centre) and converted to the
+model's parameters, so an affine search rotates as a rigid one does. They form a scrambled
+Sobol sequence over the ranges around the start (the start itself included): coverage is even
+and a seed makes it repeatable. Local optimization from the best ``top_k`` widens the capture
+range well beyond that of a single local run, at the cost of a few batched evaluations on the
+coarsest level.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .base import Monitor
 
-
-def sample_poses(n_params: int, x0: np.ndarray, n: int, rotation_deg: float, translation_mm: float,
-                 seed: int = 0) -> np.ndarray:
-    """(n, n_params) poses: ``x0`` first, then Sobol points in x0 +- ranges (rigid part only)."""
-    from scipy.stats import qmc
-
-    half = np.zeros(n_params)
-    half[:3], half[3:6] = rotation_deg, translation_mm
-    m = int(np.ceil(np.log2(max(n - 1, 2))))
-    unit = qmc.Sobol(d=6, scramble=True, seed=seed).random_base2(m)[: n - 1]
-    poses = np.tile(np.asarray(x0, dtype=np.float64), (n, 1))
-    poses[1:, :6] += (2.0 * unit - 1.0) * half[:6]
-    return poses
+Range = Union[float, Sequence[float]]
 
 
-def global_search(similarity: Callable[[torch.Tensor], torch.Tensor], x0: np.ndarray, *, n: int = 256,
-                  rotation_deg: float = 10.0, translation_mm: float = 15.0, top_k: int = 4, seed: int = 0,
+@dataclass(frozen=True)
+class PoseSampler:
+    """``n`` starting poses within +-``rotation_deg`` about and +-``translation_mm`` along each
+    axis (one value or three per axis, x y z), the start first.
+
+    Other search spaces (wider presets, probe-pressure models) plug in by overriding
+    ``offsets`` or by a model's ``with_rigid_offsets``.
+    """
+
+    n: int = 256
+    rotation_deg: Range = 10.0
+    translation_mm: Range = 15.0
+    seed: int = 0
+
+    def half_widths(self) -> np.ndarray:
+        """(6,) half ranges: three rotation components (degrees), three translations (mm)."""
+        rot = np.broadcast_to(np.asarray(self.rotation_deg, dtype=np.float64), (3,))
+        mm = np.broadcast_to(np.asarray(self.translation_mm, dtype=np.float64), (3,))
+        return np.concatenate([rot, mm])
+
+    def offsets(self) -> np.ndarray:
+        """(n, 6) rigid offsets from the start: zeros first, then Sobol points in the ranges."""
+        from scipy.stats import qmc
+
+        m = int(np.ceil(np.log2(max(self.n - 1, 2))))
+        unit = qmc.Sobol(d=6, scramble=True, seed=self.seed).random_base2(m)[: self.n - 1]
+        return np.concatenate([np.zeros((1, 6)), (2.0 * unit - 1.0) * self.half_widths()])
+
+    def poses(self, model, x0: np.ndarray) -> np.ndarray:
+        """(n, model.n_params) parameters of the start followed by each offset."""
+        return model.with_rigid_offsets(np.asarray(x0, dtype=np.float64), self.offsets())
+
+
+def global_search(similarity: Callable[[torch.Tensor], torch.Tensor], poses: np.ndarray, *, top_k: int = 4,
                   monitor: Optional[Monitor] = None, batch: int = 8) -> np.ndarray:
-    """The ``top_k`` best of ``n`` sampled poses, best first, as (top_k, n_params)."""
-    poses = sample_poses(len(x0), x0, n, rotation_deg, translation_mm, seed)
+    """The ``top_k`` best of the (n, n_params) ``poses``, best first, as (top_k, n_params)."""
+    poses = np.asarray(poses, dtype=np.float64)
     scores = []
     with torch.no_grad():
         # Batches of ``batch`` poses (pass the objective's own chunk, so scores are unchanged),

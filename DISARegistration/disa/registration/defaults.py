@@ -4,6 +4,7 @@ the panel all take their defaults from ``DEFAULTS``, so every entry point gives 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 #: Choices of the options that take names.
 TRANSFORMS = ("rigid", "affine")
@@ -34,6 +35,9 @@ class RegistrationDefaults:
     precision: str = "float32"
     device: str = "auto"
     fixed_mask: str = "auto"
+    # CPU threads of a run; None: every CPU of this machine (disa.threads.machine_threads).
+    # A result depends on the count (parallel sums), so every entry point uses this one.
+    threads: Optional[int] = None
 
     def as_dict(self) -> dict:
         return asdict(self)

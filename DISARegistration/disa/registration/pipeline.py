@@ -11,22 +11,26 @@ before the initial transform: ``matrix = initial @ model(params)``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from ..errors import InputError
-from ..optim import OPTIMIZERS, Monitor, global_search
+from ..optim import OPTIMIZERS, Monitor, PoseSampler, global_search
 from ..optim.base import ProgressCallback
-from ..similarity import make_similarity
+from ..similarity import MetricSpec, parse_metric
 from ..similarity.base import Similarity
 from ..spatial import Image, foreground_mask, normalize_intensity, resample_to_spacing
 from ..spatial.image import check_image
-from ..threads import torch_threads
+from ..threads import machine_threads, torch_threads
 from ..transforms import make_model
+from .defaults import DEFAULTS
+from ..spatial.image import VolumeInfo as Volume
+from .memory import check_memory, estimate_bytes
 from .objective import Objective
+from .options import check_int, check_settings, check_spacings
+from .result import LevelReport, RegistrationResult  # noqa: F401  (the result types live there)
 
 #: The optimizer each similarity uses unless told otherwise: BOBYQA for measures evaluated
 #: without gradients (LC²), L-BFGS for differentiable ones.
@@ -39,44 +43,9 @@ LBFGS_TOLERANCES = {"disa": {"ftol": 1e-6, "gtol": 1e-5}}
 #: Share of the fixed foreground that must map into the moving image at the start.
 MIN_INITIAL_OVERLAP = 0.10
 
-#: Search bounds around the initial pose: degrees, mm, percent (affine entries).
-BOUNDS = {"rotation": 45.0, "translation": 60.0, "affine": 40.0}
-
-
-@dataclass
-class LevelReport:
-    spacing: float
-    evaluations: int
-    similarity: float
-    seconds: float
-    message: str
-
-
-@dataclass
-class RegistrationResult:
-    """Outcome of one registration. ``matrix`` maps fixed LPS points to moving LPS points."""
-
-    matrix: np.ndarray
-    params: np.ndarray
-    transform: str
-    metric: str
-    center: np.ndarray
-    initial_similarity: float
-    final_similarity: float
-    seconds: float
-    device: str
-    levels: List[LevelReport] = field(default_factory=list)
-
-    def save_transform(self, path) -> None:
-        """Write an ITK transform file (.h5, .tfm) usable to resample the moving image."""
-        from ..transforms.itk_io import write_itk_transform
-
-        kind = "rigid" if self.transform == "rigid" else "affine"
-        write_itk_transform(path, self.matrix, center=self.center, kind=kind)
-
-    def summary(self) -> str:
-        return (f"{self.metric} {self.transform}: similarity {self.initial_similarity:.4f} -> "
-                f"{self.final_similarity:.4f} in {self.seconds:.1f} s on {self.device}")
+#: Search bounds around the initial pose: degrees, mm, percent (affine entries). The affine
+#: bound admits the rigid one's 45 degree rotations (sin 45 = 71%).
+BOUNDS = {"rotation": 45.0, "translation": 60.0, "affine": 75.0}
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -89,11 +58,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def default_spacings(fixed: Image, moving: Image) -> List[float]:
+def default_spacings(fixed: Union[Image, Volume], moving: Union[Image, Volume]) -> List[float]:
     """Two levels, coarse then fine. The fine spacing resolves the smaller field of view with
     about 48 voxels (never finer than the images): 1 mm for a 5 cm ultrasound box."""
-    finest = float(max(fixed.spacing.min(), moving.spacing.min()))
-    extent = float(min(fixed.extent().min(), moving.extent().min()))
+    f, m = Volume.of(fixed), Volume.of(moving)
+    finest = float(max(min(f.spacing), min(m.spacing)))
+    extent = float(min(f.extent().min(), m.extent().min()))
     fine = max(finest, extent / 48.0)
     fine = float(np.round(fine, 2)) or finest
     return [2.0 * fine, fine]
@@ -116,105 +86,200 @@ def prepare_image(image: Image, name: str, mask: Union[str, torch.Tensor, None] 
     return normalize_intensity(image.same_geometry(image.data[:1].float(), m))
 
 
-def register(fixed: Image, moving: Image, metric: Union[str, Similarity] = "lc2", transform: str = "rigid",
-             initial: Optional[np.ndarray] = None, optimizer: Optional[str] = None,
-             spacings: Optional[Sequence[float]] = None, max_evals: Optional[int] = None,
-             device: str = "auto", seed: int = 0, fixed_mask="auto", moving_mask="auto", oversample: int = 2,
-             search: str = "global", search_rotation: float = 10.0, search_translation: float = 15.0,
-             search_samples: int = 256, search_starts: int = 4,
+def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similarity] = DEFAULTS.metric,
+             transform: str = DEFAULTS.transform, initial: Optional[np.ndarray] = None,
+             optimizer: Optional[str] = None, spacings: Optional[Sequence[float]] = None,
+             max_evals: Optional[int] = None, device: str = DEFAULTS.device, seed: int = DEFAULTS.seed,
+             fixed_mask=DEFAULTS.fixed_mask, moving_mask="auto", oversample: int = 2,
+             search: str = DEFAULTS.search, search_rotation: float = DEFAULTS.search_rotation,
+             search_translation: float = DEFAULTS.search_translation,
+             search_samples: int = DEFAULTS.search_samples, search_starts: int = DEFAULTS.search_starts,
+             precision: str = DEFAULTS.precision, weights=None, threads: Optional[int] = DEFAULTS.threads,
              progress: Optional[ProgressCallback] = None, cancel: Optional[Callable[[], bool]] = None,
              ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` and return the fixed -> moving LPS matrix.
 
-    ``metric``: a name (lc2, mind, mi, ncc, lncc, ngf, mse), a weighted sum such as
-    ``"0.5*lc2+0.5*mind"``, or a Similarity. ``transform``: rigid or affine. ``initial``: a 4x4
+    Defaults come from ``disa.registration.defaults.DEFAULTS``. ``metric``: a name (lc2, mind,
+    mi, ncc, lncc, ngf, mse, disa; any case), a weighted sum such as ``"0.5*lc2+0.5*mind"``, a
+    parsed MetricSpec or a Similarity. ``transform``: rigid or affine. ``initial``: a 4x4
     fixed -> moving matrix to start from (identity by default). ``spacings``: working spacings
     in mm, coarse to fine. ``search``: "local" starts one local optimization at the initial
     pose; "global" first scores ``search_samples`` poses within +-``search_rotation`` degrees and
     +-``search_translation`` mm on the coarsest level and optimizes locally from the best
     ``search_starts`` of them. ``oversample``: the moving features live on a grid this many times
-    finer than the working spacing (see ``moving_level``). ``cancel``: polled at every
-    evaluation, every global-search batch and between preparation steps; raises CancelledError.
+    finer than the working spacing (see ``moving_level``). ``precision``: of DISA descriptors
+    (float32; bfloat16, or float16 on CUDA, on request). ``weights``: a DISA weights file.
+    ``threads``: CPU threads of the run (None: every CPU of the machine); the result depends on
+    the count, which this run pins in its own thread (see ``disa.threads``).
+    ``cancel``: polled at every evaluation, every global-search batch and between preparation
+    steps; raises CancelledError.
+
+    Reproducible: on one machine, the same inputs, settings, seed and precision give the same
+    matrix, bit for bit, whatever else the process runs (no global random state is used or
+    changed, and the thread count is the run's own).
     """
-    started = time.perf_counter()
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    dev = resolve_device(device)
-    similarity = make_similarity(metric) if isinstance(metric, str) else metric
-    metric_name = metric if isinstance(metric, str) else similarity.name
-    opt_name = optimizer or DEFAULT_OPTIMIZER.get(metric_name, "lbfgs")
-    if opt_name not in OPTIMIZERS:
-        raise InputError(f"unknown optimizer {opt_name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    minimize = OPTIMIZERS[opt_name]
-    initial = np.eye(4) if initial is None else np.asarray(initial, dtype=np.float64)
-    if initial.shape != (4, 4) or not np.all(np.isfinite(initial)) or abs(np.linalg.det(initial[:3, :3])) < 1e-6:
-        raise InputError("the initial transform must be an invertible 4x4 matrix")
+    n_threads = check_int("threads", threads, 1, 4096) if threads is not None else machine_threads()
+    with torch_threads(n_threads):
+        started = time.perf_counter()
+        settings = check_settings(transform, search, search_rotation, search_translation, search_samples,
+                                  search_starts, spacings or None, max_evals, seed, precision)
+        dev = resolve_device(device)
+        if settings["precision"] == "float16" and dev.type != "cuda":
+            raise InputError("float16 precision needs a CUDA device; use float32 or bfloat16 on a CPU")
+        similarity, metric_name, base = resolve_metric(metric, weights, settings["precision"], settings["seed"])
+        opt_name = optimizer or DEFAULT_OPTIMIZER.get(base, "lbfgs")
+        if opt_name not in OPTIMIZERS:
+            raise InputError(f"unknown optimizer {opt_name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        minimize = OPTIMIZERS[opt_name]
+        initial = np.eye(4) if initial is None else np.asarray(initial, dtype=np.float64)
+        if initial.shape != (4, 4) or not np.all(np.isfinite(initial)) or abs(np.linalg.det(initial[:3, :3])) < 1e-6:
+            raise InputError("the initial transform must be an invertible 4x4 matrix")
+        spacings = settings["spacings"] or default_spacings(fixed, moving)
+        monitor = Monitor(progress, cancel)
+        fixed, moving = prepare_pair(fixed, moving, spacings, oversample, fixed_mask, moving_mask,
+                                     measure_names(similarity), monitor)
+        model = make_model(settings["transform"], fixed.center())
+        x = model.identity()
+        bounds = _bounds(model, x)
+        reports: List[LevelReport] = []
+        initial_similarity = final_similarity = float("nan")
 
-    if search not in ("local", "global"):
-        raise InputError(f"unknown search {search!r}; use local or global")
-    # Cancel is also checked between the preparation steps (each can take a second on a busy
-    # CPU), so a cancelled run stops within one step, not only at the next evaluation.
-    monitor = Monitor(progress, cancel)
-    fixed = prepare_image(fixed, "fixed image", fixed_mask)
-    monitor.check()
-    moving = prepare_image(moving, "moving image", moving_mask)
-    monitor.check()
-    model = make_model(transform, fixed.center())
-    spacings = list(spacings) if spacings else default_spacings(fixed, moving)
-    x = model.identity()
-    bounds = _bounds(model, x)
-    reports: List[LevelReport] = []
-    initial_similarity = final_similarity = float("nan")
+        evals = settings["max_evals"] or default_evals(opt_name, model)
+        survivors = [x]  # the poses carried to the next level, best first
+        search = settings["search"]
+        for level, spacing in enumerate(spacings):
+            t0 = time.perf_counter()
+            stage = f"level {level + 1}/{len(spacings)} ({spacing:g} mm)"
+            f_level = resample_to_spacing(fixed, spacing).to(dev)
+            monitor.check()
+            m_level = moving_level(moving, spacing, oversample).to(dev)
+            monitor.check()
+            prepared = similarity.at_scale(min(spacings) / spacing).prepare(f_level, m_level)
+            monitor.check()
+            objective = Objective(prepared, f_level, m_level, model, initial)
+            if level == 0:
+                overlap = objective.overlap(x)
+                if overlap < MIN_INITIAL_OVERLAP:
+                    raise InputError(
+                        f"the images barely overlap at the initial pose ({100 * overlap:.1f}% of the fixed "
+                        "foreground maps into the moving image): give an initial transform that roughly "
+                        "aligns them")
+                with torch.no_grad():
+                    initial_similarity = float(objective.similarity(torch.as_tensor(x)[None])[0])
+                if search == "global":
+                    sampler = PoseSampler(settings["search_samples"], settings["search_rotation"],
+                                          settings["search_translation"], settings["seed"])
+                    monitor.begin("global search", 0.0, 0.05, sampler.n)
+                    survivors = list(global_search(objective.similarity, sampler.poses(model, x),
+                                                   top_k=settings["search_starts"], monitor=monitor,
+                                                   batch=objective.chunk))
+            span = (max(level / len(spacings), 0.05 if search == "global" else 0.0), (level + 1) / len(spacings))
+            monitor.begin(stage, span[0], span[1], len(survivors) * evals)
+            # A sparse objective (a few hundred DISA points) is all per-call overhead: extra
+            # threads only contend (OpenMP and MKL pools on few cores made DISA's L-BFGS 2x slower).
+            with torch_threads(1 if objective.points is not None and dev.type == "cpu" else None):
+                results = [minimize(lambda p: -objective.similarity(p), start, max_evals=evals, bounds=bounds,
+                                    monitor=monitor, **optimizer_scale(opt_name, spacing, level, base))
+                           for start in survivors]
+            results.sort(key=lambda r: r.cost)
+            # Two distinct candidates go on: a coarse level cannot always tell the right optimum
+            # from a near one, the next, finer level can.
+            survivors = [r.x for r in _distinct(results, KEEP_CANDIDATES)]
+            best = results[0]
+            x, final_similarity = best.x, -best.cost
+            reports.append(LevelReport(float(spacing), sum(r.n_evals for r in results), final_similarity,
+                                       time.perf_counter() - t0, best.message))
 
-    evals = max_evals or default_evals(opt_name, model)
-    survivors = [x]  # the poses carried to the next level, best first
-    for level, spacing in enumerate(spacings):
-        t0 = time.perf_counter()
-        stage = f"level {level + 1}/{len(spacings)} ({spacing:g} mm)"
-        f_level = resample_to_spacing(fixed, spacing).to(dev)
-        monitor.check()
-        m_level = moving_level(moving, spacing, oversample).to(dev)
-        monitor.check()
-        prepared = similarity.at_scale(min(spacings) / spacing).prepare(f_level, m_level)
-        monitor.check()
-        objective = Objective(prepared, f_level, m_level, model, initial)
-        if level == 0:
-            overlap = objective.overlap(x)
-            if overlap < MIN_INITIAL_OVERLAP:
-                raise InputError(
-                    f"the images barely overlap at the initial pose ({100 * overlap:.1f}% of the fixed "
-                    "foreground maps into the moving image): give an initial transform that roughly "
-                    "aligns them")
-            with torch.no_grad():
-                initial_similarity = float(objective.similarity(torch.as_tensor(x)[None])[0])
-            if search == "global":
-                monitor.begin("global search", 0.0, 0.05, search_samples)
-                survivors = list(global_search(objective.similarity, x, n=search_samples,
-                                               rotation_deg=search_rotation, translation_mm=search_translation,
-                                               top_k=search_starts, seed=seed, monitor=monitor,
-                                               batch=objective.chunk))
-        span = (max(level / len(spacings), 0.05 if search == "global" else 0.0), (level + 1) / len(spacings))
-        monitor.begin(stage, span[0], span[1], len(survivors) * evals)
-        # A sparse objective (a few hundred DISA points) is all per-call overhead: extra
-        # threads only contend (OpenMP and MKL pools on few cores made DISA's L-BFGS 2x slower).
-        with torch_threads(1 if objective.points is not None and dev.type == "cpu" else None):
-            results = [minimize(lambda p: -objective.similarity(p), start, max_evals=evals, bounds=bounds,
-                                monitor=monitor, **optimizer_scale(opt_name, spacing, level, metric_name))
-                       for start in survivors]
-        results.sort(key=lambda r: r.cost)
-        # Two distinct candidates go on: a coarse level cannot always tell the right optimum
-        # from a near one, the next, finer level can.
-        survivors = [r.x for r in _distinct(results, KEEP_CANDIDATES)]
-        best = results[0]
-        x, final_similarity = best.x, -best.cost
-        reports.append(LevelReport(float(spacing), sum(r.n_evals for r in results), final_similarity,
-                                   time.perf_counter() - t0, best.message))
+        matrix = initial @ model.matrix(torch.as_tensor(x))[0].cpu().numpy()
+        if progress is not None:
+            progress("done", 1.0, f"similarity {final_similarity:.4f}, {time.perf_counter() - started:.1f} s")
+        return RegistrationResult(matrix, x, model.name, metric_name, model.center, initial_similarity,
+                                  final_similarity, time.perf_counter() - started, str(dev), reports,
+                                  settings["precision"], settings["seed"], n_threads)
 
-    matrix = initial @ model.matrix(torch.as_tensor(x))[0].cpu().numpy()
-    if progress is not None:
-        progress("done", 1.0, f"similarity {final_similarity:.4f}, {time.perf_counter() - started:.1f} s")
-    return RegistrationResult(matrix, x, model.name, metric_name, model.center, initial_similarity,
-                              final_similarity, time.perf_counter() - started, str(dev), reports)
+
+def resolve_metric(metric, weights, precision: str, seed: int) -> Tuple[Similarity, str, str]:
+    """(similarity, canonical name, base name) of a metric given as text, MetricSpec or Similarity."""
+    if isinstance(metric, Similarity):
+        if weights is not None:
+            raise InputError("give the weights file to the DISA similarity itself, not to register")
+        return metric, metric.name, metric.name
+    spec = parse_metric(metric)
+    return spec.build(weights=weights, precision=precision, seed=seed), str(spec), spec.base
+
+
+def measure_names(similarity: Similarity) -> List[str]:
+    """The names of a similarity's measures (the parts of a weighted sum)."""
+    return [sim.name for _, sim in getattr(similarity, "parts", [])] or [similarity.name]
+
+
+def prepare_pair(fixed: Image, moving: Image, spacings: Sequence[float], oversample: int, fixed_mask, moving_mask,
+                 measures: Sequence[str], monitor: Monitor) -> Tuple[Image, Image]:
+    """Both inputs checked, their memory needs checked, reduced when large, masked and normalized.
+
+    Cancel is checked between the steps (each can take a second on a busy CPU), so a cancelled
+    run stops within one step, not only at the next evaluation.
+    """
+    check_image(fixed, "fixed image")
+    check_image(moving, "moving image")
+    check_level_sizes(fixed, moving, spacings)
+    reduce_to = [reduced_spacing(image, min(spacings) / oversample) for image in (fixed, moving)]
+    levels = level_voxels(fixed, moving, spacings, oversample)
+    check_memory(estimate_bytes(Volume.of(fixed), Volume.of(moving), levels, reduce_to, measures, loading=False))
+    prepared = []
+    for image, name, mask, spacing in ((fixed, "fixed image", fixed_mask, reduce_to[0]),
+                                       (moving, "moving image", moving_mask, reduce_to[1])):
+        image, mask = reduce_large(image, spacing, mask)
+        prepared.append(prepare_image(image, name, mask))
+        monitor.check()
+    return prepared[0], prepared[1]
+
+
+#: Fewest voxels along every axis of a working level.
+MIN_LEVEL_VOXELS = 4
+
+
+def check_level_sizes(fixed: Image, moving: Image, spacings: Sequence[float]) -> None:
+    """Refuse working spacings too coarse for the images (fewer than 4 voxels along an axis)."""
+    extent = float(min(fixed.extent().min(), moving.extent().min()))
+    coarsest = max(spacings)
+    if coarsest * MIN_LEVEL_VOXELS > extent:
+        raise InputError(f"a working spacing of {coarsest:g} mm is too coarse for images {extent:.1f} mm "
+                         f"across: use at most {extent / MIN_LEVEL_VOXELS:.3g} mm")
+
+
+#: Images with more voxels than this, and more than twice as fine as the finest level needs,
+#: are first reduced to that level's grid, so the full-resolution volume is never normalized
+#: or blurred as a whole. (A fixed size rule, not the free memory: results must not depend on
+#: the machine.)
+LARGE_IMAGE_VOXELS = 1 << 24
+
+
+def reduced_spacing(image: Union[Image, Volume], spacing: float) -> Optional[float]:
+    """The spacing ``image`` is reduced to before registering at ``spacing``, or None."""
+    volume = Volume.of(image)
+    if volume.voxels > LARGE_IMAGE_VOXELS and volume.voxels > 2 * volume.voxels_at(spacing):
+        return float(spacing)
+    return None
+
+
+def reduce_large(image: Image, spacing: Optional[float], mask):
+    """(image, mask) reduced to ``spacing`` (anti-aliased, in slabs) when it is not None."""
+    if spacing is None:
+        return image, mask
+    if isinstance(mask, torch.Tensor):  # a given mask follows the image
+        reduced = resample_to_spacing(image.same_geometry(image.data[:1].float(), mask.bool()), spacing)
+        return reduced.same_geometry(reduced.data, None), reduced.mask
+    reduced = resample_to_spacing(image.same_geometry(image.data[:1].float(), None), spacing)
+    return reduced, mask
+
+
+def level_voxels(fixed, moving, spacings: Sequence[float], oversample: int) -> List[Tuple[int, int]]:
+    """(fixed, moving) voxels of each level's grids, as ``moving_level`` chooses them
+    (``fixed``/``moving``: Images or VolumeInfo)."""
+    f, m = Volume.of(fixed), Volume.of(moving)
+    return [(f.voxels_at(s), m.voxels_at(s / oversample if oversamples(m, s, oversample) else s))
+            for s in spacings]
 
 
 #: Largest oversampled moving grid (voxels); beyond it the moving level is not oversampled.
@@ -230,10 +295,15 @@ def moving_level(moving: Image, spacing: float, oversample: int = 2) -> Image:
     Interpolating a signal that is already band-limited to a coarser resolution is nearly exact,
     which removes that artefact.
     """
-    n_voxels = float(np.prod(moving.extent() / spacing)) * oversample ** 3
-    if oversample > 1 and n_voxels <= MAX_OVERSAMPLED_VOXELS:
+    if oversamples(Volume.of(moving), spacing, oversample):
         return resample_to_spacing(moving, spacing / oversample, resolution=spacing)
     return resample_to_spacing(moving, spacing)
+
+
+def oversamples(moving: Volume, spacing: float, oversample: int) -> bool:
+    """Whether ``moving_level`` samples the moving level ``oversample`` times finer."""
+    extent = np.asarray(moving.size, dtype=np.float64) * np.asarray(moving.spacing, dtype=np.float64)
+    return oversample > 1 and float(np.prod(extent / spacing)) * oversample ** 3 <= MAX_OVERSAMPLED_VOXELS
 
 
 #: Candidate poses carried from one level to the next.
@@ -266,11 +336,27 @@ def optimizer_scale(optimizer: str, spacing: float, level: int, metric: str = ""
 
 
 def register_files(fixed_path, moving_path, initial_transform_path=None, **kwargs) -> RegistrationResult:
-    """``register`` on image files, with an optional ITK initial transform file."""
+    """``register`` on image files, with an optional ITK initial transform file. The memory the
+    run needs is checked from the file headers, before any voxel is read."""
     from ..spatial import load_image
+    from ..spatial.image import read_volume_info
     from ..transforms.itk_io import read_itk_transform
 
+    fixed_info = read_volume_info(fixed_path, "fixed image")
+    moving_info = read_volume_info(moving_path, "moving image")
+    initial = None if initial_transform_path is None else read_itk_transform(initial_transform_path)
+    check_file_memory(fixed_info, moving_info, kwargs)
     fixed = load_image(fixed_path, "fixed image")
     moving = load_image(moving_path, "moving image")
-    initial = None if initial_transform_path is None else read_itk_transform(initial_transform_path)
     return register(fixed, moving, initial=initial, **kwargs)
+
+
+def check_file_memory(fixed: Volume, moving: Volume, options: dict) -> None:
+    """The memory check of ``register`` for images still on disk (their reading included)."""
+    oversample = options.get("oversample", 2)
+    spacings = check_spacings(options["spacings"]) if options.get("spacings") else default_spacings(fixed, moving)
+    metric = options.get("metric", DEFAULTS.metric)
+    names = measure_names(metric) if isinstance(metric, Similarity) else parse_metric(metric).names
+    reduce_to = [reduced_spacing(v, min(spacings) / oversample) for v in (fixed, moving)]
+    check_memory(estimate_bytes(fixed, moving, level_voxels(fixed, moving, spacings, oversample), reduce_to,
+                                names, loading=True))

@@ -9,12 +9,13 @@ intensities) share one set of channels, so it is warped once.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from ..errors import InputError
-from ..spatial import Image
+from ..spatial import Image, crop_to_mask
 from .base import Prepared, Similarity, fixed_mask_of
 
 
@@ -22,8 +23,8 @@ class PreparedCombined(Prepared):
     """The prepared parts, their weights and the channel slice of each part in ``moving``."""
 
     def __init__(self, moving: torch.Tensor, fixed_mask, parts: List[Prepared], weights: List[float],
-                 slices: List[slice]):
-        super().__init__(moving, fixed_mask)
+                 slices: List[slice], fixed_grid: Optional[Image] = None):
+        super().__init__(moving, fixed_mask, fixed_grid)
         self.parts, self.weights, self.slices = parts, weights, slices
 
     def evaluate(self, warped, valid):
@@ -64,7 +65,15 @@ class Combined(Similarity):
         return Combined([(w, sim.at_scale(factor)) for w, sim in self.parts])
 
     def prepare(self, fixed: Image, moving: Image) -> PreparedCombined:
+        # Every part scores the same fixed grid: the fixed mask's bounding box, to which LC² and
+        # MIND crop on their own (parts that score the whole grid lose only unscored voxels).
+        fixed = crop_to_mask(fixed)
         prepared = [sim.prepare(fixed, moving) for _, sim in self.parts]
+        for p, (_, sim) in zip(prepared, self.parts):
+            grid = p.fixed_grid if p.fixed_grid is not None else fixed
+            if grid.shape != fixed.shape or not np.allclose(grid.index_to_world(), fixed.index_to_world()):
+                raise InputError(f"cannot combine {sim!r} with other measures: it scores its own fixed grid "
+                                 f"{tuple(grid.shape)}, not the fixed image's {tuple(fixed.shape)}")
         stacked: List[torch.Tensor] = []
         slices: List[slice] = []
         start = 0
@@ -85,7 +94,8 @@ class Combined(Similarity):
         for s in stacked[1:]:
             dtype = torch.promote_types(dtype, s.dtype)
         moving_all = torch.cat([s.to(dtype) for s in stacked], dim=0)
-        return PreparedCombined(moving_all, fixed_mask_of(fixed), prepared, [w for w, _ in self.parts], slices)
+        return PreparedCombined(moving_all, fixed_mask_of(fixed), prepared, [w for w, _ in self.parts], slices,
+                                fixed)
 
     def __repr__(self):
         return "Combined(" + " + ".join(f"{w:g}*{sim!r}" for w, sim in self.parts) + ")"

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InputError, existing_file
+from ..errors import InputError, existing_file, itk_error_summary
+from . import nifti
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -108,7 +109,8 @@ class Image:
     def from_sitk(cls, img) -> "Image":
         import SimpleITK as sitk
 
-        arr = sitk.GetArrayFromImage(img).astype(np.float32)
+        # One float32 copy of the voxels (GetArrayFromImage then astype would make two).
+        arr = np.array(sitk.GetArrayViewFromImage(img), dtype=np.float32)
         if img.GetNumberOfComponentsPerPixel() > 1:
             arr = np.moveaxis(arr, -1, 0)
         return cls(torch.from_numpy(np.ascontiguousarray(arr)), np.array(img.GetSpacing()),
@@ -129,6 +131,33 @@ class Image:
         return img
 
 
+@dataclass(frozen=True)
+class VolumeInfo:
+    """A volume's grid without its voxels (from a file header): size (x, y, z), spacing, and
+    bytes per voxel as stored; enough to size the memory a run needs."""
+
+    size: tuple
+    spacing: tuple
+    bytes_per_voxel: int = 4
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(np.asarray(self.size, dtype=np.int64)))
+
+    def extent(self) -> np.ndarray:
+        return np.asarray(self.size, dtype=np.float64) * np.asarray(self.spacing, dtype=np.float64)
+
+    def voxels_at(self, spacing: float) -> int:
+        """Voxels of this box resampled at ``spacing`` mm (as ``resample_to_spacing`` does)."""
+        return int(np.prod(np.maximum(np.round(self.extent() / spacing), 2)))
+
+    @classmethod
+    def of(cls, image: "Union[Image, VolumeInfo]") -> "VolumeInfo":
+        if isinstance(image, VolumeInfo):
+            return image
+        return cls(tuple(int(s) for s in image.size), tuple(float(s) for s in image.spacing), 4)
+
+
 # I/O --------------------------------------------------------------------------------------------
 def load_image(path: PathLike, name: str = "image") -> Image:
     """Read a 3-D scalar volume (NIfTI, NRRD, MHA) and check that it can be registered."""
@@ -138,18 +167,56 @@ def load_image(path: PathLike, name: str = "image") -> Image:
     try:
         img = sitk.ReadImage(path)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise InputError(
-            f"could not read {name} '{path}': not a readable image "
-            f"(supported: {', '.join(SUPPORTED_SUFFIXES)}). {first}") from exc
+        raise InputError(f"could not read {name} '{path}': {itk_error_summary(exc)} (supported: "
+                         f"{', '.join(SUPPORTED_SUFFIXES)})") from exc
     if img.GetDimension() != 3:
         raise InputError(f"{name} '{path}' is {img.GetDimension()}-D; DISA registers 3-D volumes")
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name} '{path}' has {img.GetNumberOfComponentsPerPixel()} components "
                          "per voxel; give a scalar volume")
+    if nifti.is_nifti(path):
+        check_nifti_voxels(path, f"{name} '{path}'")
     image = Image.from_sitk(img)
+    del img
     check_image(image, f"{name} '{path}'")
     return image
+
+
+def read_volume_info(path: PathLike, name: str = "image") -> VolumeInfo:
+    """The grid of an image file from its header (no voxels are read); InputError if unusable."""
+    import SimpleITK as sitk
+
+    path = existing_file(path, name)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"could not read {name} '{path}': {itk_error_summary(exc)} (supported: "
+                         f"{', '.join(SUPPORTED_SUFFIXES)})") from exc
+    if reader.GetDimension() != 3:
+        raise InputError(f"{name} '{path}' is {reader.GetDimension()}-D; DISA registers 3-D volumes")
+    item = sitk.Image([1] * 3, reader.GetPixelID()).GetSizeOfPixelComponent()
+    return VolumeInfo(tuple(reader.GetSize()), tuple(reader.GetSpacing()),
+                      int(item) * int(reader.GetNumberOfComponents()))
+
+
+def check_nifti_voxels(path: str, name: str) -> None:
+    """Refuse NaN/Inf voxels and truncated voxel data, which ITK's NIfTI reader turns into 0."""
+    import zlib
+
+    layout = nifti.read_layout(path)
+    if layout is None:
+        return
+    try:
+        bad, present = nifti.scan_voxels(path, layout)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"{name} is damaged: its voxel data cannot be read to the end ({exc})") from None
+    if present < layout.n_bytes:
+        raise InputError(f"{name} is truncated: {present} of {layout.n_bytes} bytes of voxel data")
+    if bad:
+        raise InputError(f"{name} contains {bad} non-finite voxels (NaN or Inf); "
+                         "replace or mask them before registering")
 
 
 def save_image(image: Image, path: PathLike) -> None:
@@ -189,7 +256,7 @@ def foreground_mask(image: Image, mode: str = "auto") -> Optional[torch.Tensor]:
     if mode == "none":
         return None
     nonzero = image.data[:1] != 0
-    if mode == "nonzero" or (mode == "auto" and float((~nonzero).float().mean()) > 0.10):
+    if mode == "nonzero" or (mode == "auto" and float((~nonzero).sum()) / nonzero.numel() > 0.10):
         return nonzero
     if mode == "auto":
         return None
@@ -208,9 +275,10 @@ def normalize_intensity(image: Image, mask: Optional[torch.Tensor] = None) -> Im
     if float(std.min()) <= 1e-12 * max(1.0, float(mean.abs().max())):
         raise InputError("the image has zero intensity variance over its foreground: "
                          "there is nothing to register")
-    out = (data - mean) / std
+    out = data - mean  # then in place: a large volume needs one working copy, not three
+    out.div_(std)
     if mask is not None:
-        out = out * mask
+        out.mul_(mask)
     return image.same_geometry(out, mask)
 
 
@@ -279,23 +347,38 @@ def resample_image(source: Image, target: Image, matrix: Optional[np.ndarray] = 
 
 
 def gaussian_blur(data: torch.Tensor, sigma_vox: Sequence[float]) -> torch.Tensor:
-    """Separable Gaussian blur of (C, Z, Y, X) data; ``sigma_vox`` in voxels along (x, y, z)."""
-    out = data[None] if data.dim() == 4 else data
-    for axis, sigma in zip((4, 3, 2), sigma_vox):  # x, y, z -> tensor dims
+    """Separable Gaussian blur of (C, Z, Y, X) or (B, C, Z, Y, X) data; ``sigma_vox`` in voxels
+    along (x, y, z); borders replicated.
+
+    Each axis is a weighted sum of shifted views accumulated in place, so a blur needs one
+    extra copy of the volume (a grouped 3-D convolution unfolded it once per kernel tap and
+    peaked at 16-20x the image size).
+    """
+    out = data
+    for dim, sigma in zip((-1, -2, -3), sigma_vox):
         if sigma <= 0.05:
             continue
         radius = max(1, int(math.ceil(3.0 * sigma)))
-        t = torch.arange(-radius, radius + 1, dtype=out.dtype, device=out.device)
+        t = torch.arange(-radius, radius + 1, dtype=data.dtype)
         kernel = torch.exp(-0.5 * (t / sigma) ** 2)
-        kernel = kernel / kernel.sum()
-        c = out.shape[1]
-        shape = [1, 1, 1]
-        shape[axis - 2] = kernel.numel()
-        weight = kernel.view(1, 1, *shape).expand(c, 1, *shape)
-        pad = [0, 0, 0, 0, 0, 0]
-        pad[2 * (4 - axis)] = pad[2 * (4 - axis) + 1] = radius
-        out = F.conv3d(F.pad(out, pad, mode="replicate"), weight, groups=c)
-    return out[0] if data.dim() == 4 else out
+        out = _blur_axis(out, (kernel / kernel.sum()).tolist(), dim)
+    return out
+
+
+def _blur_axis(x: torch.Tensor, kernel: List[float], dim: int) -> torch.Tensor:
+    """``x`` convolved with the symmetric ``kernel`` along ``dim``, replicating the border."""
+    n, r = x.shape[dim], len(kernel) // 2
+    out = x * kernel[r]
+    for s in range(1, r + 1):
+        w = kernel[r + s]
+        if s < n:
+            out.narrow(dim, s, n - s).add_(x.narrow(dim, 0, n - s), alpha=w)
+            out.narrow(dim, 0, n - s).add_(x.narrow(dim, s, n - s), alpha=w)
+            out.narrow(dim, 0, s).add_(x.narrow(dim, 0, 1), alpha=w)
+            out.narrow(dim, n - s, s).add_(x.narrow(dim, n - 1, 1), alpha=w)
+        else:  # the whole axis lies within the shift: both neighbours are border voxels
+            out.add_(x.narrow(dim, 0, 1), alpha=w).add_(x.narrow(dim, n - 1, 1), alpha=w)
+    return out
 
 
 def resample_to_spacing(image: Image, spacing: Union[float, Sequence[float]],
@@ -314,12 +397,55 @@ def resample_to_spacing(image: Image, spacing: Union[float, Sequence[float]],
     center = image.center()
     origin = center - image.direction @ (new_spacing * (new_size - 1) / 2.0)
     sigma = 0.5 * np.sqrt(np.maximum(factor ** 2 - 1.0, 0.0))
-    blurred = gaussian_blur(image.data.float(), sigma)
     target = Image(torch.zeros(1, *new_size[::-1].tolist()), new_spacing, origin, image.direction)
-    out = resample_image(image.same_geometry(blurred, image.mask), target)
+    if image.shape[0] > 1 and int(np.prod(image.shape)) > SLAB_VOXELS:
+        out = _resample_in_slabs(image, target, sigma)
+    else:
+        blurred = gaussian_blur(image.data.float(), sigma)
+        out = resample_image(image.same_geometry(blurred, image.mask), target)
     if image.mask is None:
         return target.same_geometry(out.data, None)
     return out
+
+
+#: Volumes with more voxels than this are blurred and resampled in slabs along z, so a large
+#: image needs working memory for a slab, not for a blurred copy of the whole volume.
+SLAB_VOXELS = 1 << 23
+
+
+def _resample_in_slabs(image: Image, target: Image, sigma) -> Image:
+    """``resample_to_spacing``'s blur and resampling, a slab of target slices at a time.
+
+    Each source slab carries a halo of the blur radius plus one voxel (trilinear
+    neighbours), so the result equals the whole-volume one up to float rounding.
+    """
+    to_source = image.world_to_index() @ target.index_to_world()  # target (x, y, z, 1) -> source
+    halo = (int(math.ceil(3.0 * sigma[2])) if sigma[2] > 0.05 else 0) + 2
+    per_slice = max(1, int(np.prod(image.shape[1:])))
+    z_step = max(1, SLAB_VOXELS // per_slice - 2 * halo)
+    step = max(2, int(z_step / max(abs(to_source[2, 2]), 1e-9)))
+    # slabs of at least two slices (affine_grid treats single-slice grids differently)
+    bounds = np.linspace(0, target.shape[0], max(1, target.shape[0] // step) + 1).round().astype(int)
+    corners = np.array([[x, y, 0.0, 1.0] for x in (0, target.size[0] - 1) for y in (0, target.size[1] - 1)])
+    datas, masks = [], []
+    for k0, k1 in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        zs = []
+        for k in (k0, k1 - 1):
+            pts = corners.copy()
+            pts[:, 2] = k
+            zs.extend((to_source @ pts.T)[2])
+        lo = max(int(math.floor(min(zs))) - halo, 0)
+        hi = min(int(math.ceil(max(zs))) + halo + 1, image.shape[0])
+        origin = image.index_to_world() @ np.array([0.0, 0.0, lo, 1.0])
+        slab_mask = None if image.mask is None else image.mask[:, lo:hi]
+        slab = Image(gaussian_blur(image.data[:, lo:hi].float(), sigma), image.spacing, origin[:3],
+                     image.direction, slab_mask)
+        t_origin = target.index_to_world() @ np.array([0.0, 0.0, k0, 1.0])
+        part = resample_image(slab, Image(torch.zeros(1, k1 - k0, *target.shape[1:]), target.spacing,
+                                          t_origin[:3], target.direction))
+        datas.append(part.data)
+        masks.append(part.mask)
+    return target.same_geometry(torch.cat(datas, dim=1), torch.cat(masks, dim=1))
 
 
 def crop_to_mask(image: Image, margin: int = 0) -> Image:

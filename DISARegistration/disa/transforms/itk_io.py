@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..errors import InputError, existing_file
+from ..errors import InputError, existing_file, itk_error_summary
 from ..spatial.frames import lps_to_ras_matrix, ras_to_lps_matrix
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -112,7 +112,8 @@ def write_itk_transform(path: PathLike, matrix, center: Optional[Sequence[float]
                         kind: str = "affine") -> None:
     """Write a fixed->moving LPS ``matrix`` as an ITK transform file (.tfm/.txt text, .h5/.hdf5).
 
-    Parent folders are created. See :func:`matrix_to_sitk` for ``center`` and ``kind``.
+    Parent folders are created. See :func:`matrix_to_sitk` for ``center`` and ``kind``. Text
+    files are byte-identical for identical inputs; HDF5 files also store their creation time.
     """
     import SimpleITK as sitk
 
@@ -123,11 +124,15 @@ def write_itk_transform(path: PathLike, matrix, center: Optional[Sequence[float]
                          f"{', '.join(WRITE_SUFFIXES)}")
     tx = matrix_to_sitk(matrix, center=center, kind=kind)
     folder = os.path.dirname(os.path.abspath(path))
+    existed = os.path.exists(path)
     try:
         os.makedirs(folder, exist_ok=True)
+        open(path, "ab").close()  # a plain OSError here, before HDF5 prints its error stack
         sitk.WriteTransform(tx, path)
     except (OSError, RuntimeError) as exc:
-        raise InputError(f"could not write transform file '{path}': {_error_summary(exc)}") from exc
+        if not existed and os.path.isfile(path):
+            os.remove(path)
+        raise InputError(f"could not write transform file '{path}': {itk_error_summary(exc)}") from exc
 
 
 def read_itk_transform(path: PathLike) -> np.ndarray:
@@ -144,7 +149,7 @@ def read_itk_transform(path: PathLike) -> np.ndarray:
         tx = sitk.ReadTransform(path)
     except RuntimeError as exc:
         raise InputError(f"could not read transform file '{path}': not a readable ITK transform "
-                         f"file (.tfm, .txt, .h5, .mat). {_error_summary(exc)}") from exc
+                         f"file (.tfm, .txt, .h5, .mat). {itk_error_summary(exc)}") from exc
     if tx.GetDimension() != 3:
         raise InputError(f"transform file '{path}' holds a {tx.GetDimension()}-D transform; "
                          "DISA needs a 3-D transform")
@@ -192,19 +197,6 @@ def _describe(tx) -> str:
         return tx.GetName()
     except Exception:  # only used for a message; never hide the real error behind this one
         return "unknown type"
-
-
-def _error_summary(exc: BaseException) -> str:
-    """The informative part of an ITK/OS error: the text after 'ITK ERROR: Class(0x...):'."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    for i, line in enumerate(lines):
-        if "ITK ERROR:" in line:
-            text = line.split("ITK ERROR:", 1)[1]
-            text = text.split("): ", 1)[1] if "): " in text else text
-            if i + 1 < len(lines) and text.rstrip().endswith(("Template", ":")):
-                text += " " + lines[i + 1]  # the reason is on the next line
-            return text.strip()
-    return lines[0] if lines else type(exc).__name__
 
 
 # RAS / LPS --------------------------------------------------------------------------------------

@@ -79,6 +79,18 @@ class LinearModel:
     def params_from_matrix(self, matrix: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def with_rigid_offsets(self, x0: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """(n, n_params) parameters of ``model(x0)`` followed by each rigid offset.
+
+        ``offsets`` (n, 6): rotation vectors in degrees and translations in mm about the centre,
+        applied in fixed space first. One physical parameterization serves every model, so a
+        global search rotates an affine pose as it rotates a rigid one.
+        """
+        offsets = np.asarray(offsets, dtype=np.float64).reshape(-1, 6)
+        start = self.matrix(torch.as_tensor(x0, dtype=torch.float64)[None])[0]
+        moves = Rigid(self.center).matrix(torch.as_tensor(offsets))
+        return np.stack([self.params_from_matrix(m) for m in (start @ moves).numpy()])
+
     def _translation(self, matrix: np.ndarray) -> np.ndarray:
         a = matrix[:3, :3]
         return matrix[:3, 3] - self.center + a @ self.center
