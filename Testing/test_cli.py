@@ -18,6 +18,14 @@ from disa.spatial import load_image, save_image
 from disa.transforms import read_itk_transform, write_itk_transform
 
 
+@pytest.fixture(autouse=True)
+def one_thread_per_run(monkeypatch):
+    """Registrations here run on one CPU thread (DISA_THREADS, the default of every entry point):
+    on a shared 2-core machine two threads contend badly (one LC² evaluation took 0.7-2.5 s with
+    two against 50 ms with one)."""
+    monkeypatch.setenv("DISA_THREADS", "1")
+
+
 @pytest.fixture(scope="module")
 def moved_case(tmp_path_factory):
     """Case 24 with the MR moved by a known rigid transform, written to disk."""

@@ -12,6 +12,14 @@ from disa.sample_data import case24, move_image, random_rigid, rigid_matrix
 from disa.spatial import Image, load_image
 
 
+@pytest.fixture(autouse=True)
+def one_thread_per_run(monkeypatch):
+    """Registrations here run on one CPU thread (DISA_THREADS, the default of every entry point):
+    on a shared 2-core machine two threads contend badly (one LC² evaluation took 0.7-2.5 s with
+    two against 50 ms with one)."""
+    monkeypatch.setenv("DISA_THREADS", "1")
+
+
 @pytest.fixture(scope="module")
 def case():
     c = case24()

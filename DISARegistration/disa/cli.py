@@ -142,6 +142,9 @@ def _add_registration_options(p: argparse.ArgumentParser):
                    help="DISA network weights to use instead of the shipped ones (a .pt file with its .json "
                         "model card beside it, as disa train writes them)")
     p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu or cuda")
+    p.add_argument("--threads", type=COUNT, default=d.threads, metavar="N",
+                   help="CPU threads (default: $DISA_THREADS, else every CPU); a result is reproducible for "
+                        "one thread count")
     p.add_argument("--seed", type=SEED, default=d.seed,
                    help=f"random seed, 0 to {MAX_SEED} (global search samples, MI sampling; default {d.seed})")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -152,7 +155,7 @@ def _registration_kwargs(args) -> dict:
                 search_rotation=args.search_rotation, search_translation=args.search_translation,
                 search_samples=args.search_samples, search_starts=args.search_starts, spacings=args.spacings,
                 max_evals=args.max_evals, fixed_mask=args.fixed_mask, precision=args.precision,
-                weights=args.weights, device=args.device, seed=args.seed,
+                weights=args.weights, device=args.device, threads=args.threads, seed=args.seed,
                 progress=TerminalProgress(quiet=args.quiet))
 
 

@@ -13,9 +13,20 @@ from typing import Iterator, Optional
 
 import torch
 
+from .errors import InputError
+
+#: Environment variable that sets the default thread count of every entry point.
+THREADS_VARIABLE = "DISA_THREADS"
+
 
 def machine_threads() -> int:
-    """The CPUs this process may run on: every entry point's default thread count."""
+    """The default CPU thread count of a registration, the same for every entry point:
+    ``DISA_THREADS`` when set, else every CPU this process may run on."""
+    text = os.environ.get(THREADS_VARIABLE, "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise InputError(f"{THREADS_VARIABLE} must be a positive whole number, got {text!r}")
+        return int(text)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not on Linux

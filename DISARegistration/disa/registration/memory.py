@@ -66,20 +66,10 @@ def _read_int(path: str) -> Optional[int]:
         return None
 
 
-def _meminfo(field: str) -> Optional[int]:
+def _kib_field(path: str, field: str) -> Optional[int]:
+    """Bytes of a ``Field:  N kB`` line of /proc/meminfo or /proc/self/status."""
     try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _status(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as fh:
+        with open(path) as fh:
             for line in fh:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
@@ -92,9 +82,9 @@ def available_bytes() -> Optional[int]:
     """Memory this process can still allocate, or None where the system does not say."""
     candidates = []
     if os.environ.get(LIMIT_VARIABLE):
-        rss = _status("VmRSS") or 0
+        rss = _kib_field("/proc/self/status", "VmRSS") or 0
         candidates.append(parse_bytes(os.environ[LIMIT_VARIABLE]) - rss)
-    avail = _meminfo("MemAvailable")
+    avail = _kib_field("/proc/meminfo", "MemAvailable")
     if avail is None and hasattr(os, "sysconf"):
         try:
             avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -115,7 +105,7 @@ def available_bytes() -> Optional[int]:
     if resource is not None:
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         if soft != resource.RLIM_INFINITY:
-            candidates.append(soft - (_status("VmSize") or 0))
+            candidates.append(soft - (_kib_field("/proc/self/status", "VmSize") or 0))
     return max(0, min(candidates)) if candidates else None
 
 
