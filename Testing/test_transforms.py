@@ -6,6 +6,7 @@ SimpleITK's own TransformPoint/Resample, and an analytic image sampled at transf
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -317,6 +318,20 @@ def test_writer_refuses_bad_input(tmp_path):
     with pytest.raises(InputError, match="kind"):
         write_itk_transform(tmp_path / "t.tfm", np.eye(4), kind="bspline")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.parametrize("name", ["t.h5", "t.tfm"])
+def test_an_unwritable_transform_file_gives_one_line_and_no_hdf5_error_stack(tmp_path, capfd, name):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("a file where a folder should be")
+    paths = [blocker / name] + ([f"/proc/disa-test-{name}"] if os.path.isdir("/proc/self") else [])
+    for path in paths:  # /proc takes no new files: HDF5 printed ~20 lines of its error stack there
+        with pytest.raises(InputError) as exc:
+            write_itk_transform(path, np.eye(4))
+        assert "\n" not in str(exc.value) and "could not write transform file" in str(exc.value)
+    err = capfd.readouterr().err
+    assert "HDF5" not in err and "H5F" not in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
 def test_rigid_writer_tolerates_round_off(tmp_path):
