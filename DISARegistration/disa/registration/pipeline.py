@@ -1,6 +1,6 @@
 """Multi-resolution linear registration: the pipeline behind ``disa register`` and the Slicer logic.
 
-    result = register(fixed, moving, metric="lc2", transform="rigid")
+    result = register(fixed, moving)      # defaults: registration/defaults.py (mind, rigid, global)
     result.matrix   # 4x4 LPS, fixed point -> moving point, initial transform included
 
 Each level resamples both images to the level's working spacing (with anti-aliasing), prepares
@@ -22,11 +22,10 @@ from ..optim.base import ProgressCallback
 from ..similarity import MetricSpec, parse_metric
 from ..similarity.base import Similarity
 from ..spatial import Image, foreground_mask, normalize_intensity, resample_to_spacing
-from ..spatial.image import check_image
+from ..spatial.image import VolumeInfo as Volume, check_image
 from ..threads import machine_threads, torch_threads
 from ..transforms import make_model
 from .defaults import DEFAULTS
-from ..spatial.image import VolumeInfo as Volume
 from .memory import check_memory, estimate_bytes
 from .objective import Objective
 from .options import check_int, check_settings, check_spacings
