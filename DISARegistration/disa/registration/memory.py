@@ -13,7 +13,7 @@ import re
 from typing import Optional, Sequence, Tuple
 
 from ..errors import InputError
-from ..spatial.image import VolumeInfo as Volume
+from ..spatial.image import SLAB_VOXELS, VolumeInfo as Volume
 
 GB = float(1 << 30)
 #: Environment variable that caps the memory a run may use.
@@ -26,6 +26,8 @@ PREPARE_BYTES, KEPT_BYTES = 13, 5
 #: measured on Case 24 at 1 and 0.5 mm (peak RSS) and rounded up.
 LEVEL_BYTES = {"lc2": (2500, 60), "mind": (1300, 150), "mi": (2400, 60), "ncc": (400, 40), "mse": (400, 40),
                "lncc": (700, 50), "ngf": (300, 50), "disa": (250, 30)}
+#: Bytes per source voxel of a slab while a large image is reduced (blurred copies, grids).
+REDUCE_BYTES = 32
 #: A registration's small tensors and the kernels' working space.
 BASE_BYTES = 100 * (1 << 20)
 
@@ -45,7 +47,9 @@ def estimate_bytes(fixed: Volume, moving: Volume, levels: Sequence[Tuple[int, in
     per_fixed = sum(LEVEL_BYTES.get(name, max(LEVEL_BYTES.values()))[0] for name in metrics)
     per_moving = sum(LEVEL_BYTES.get(name, max(LEVEL_BYTES.values()))[1] for name in metrics)
     level = max(per_fixed * f + per_moving * m for f, m in levels)
-    return int(total + KEPT_BYTES * sum(kept) + max(PREPARE_BYTES * max(kept), level))
+    reducing = max([REDUCE_BYTES * min(v.voxels, SLAB_VOXELS) for v, r in zip((fixed, moving), reduced)
+                    if r is not None], default=0)
+    return int(total + KEPT_BYTES * sum(kept) + max(PREPARE_BYTES * max(kept), level, reducing))
 
 
 def parse_bytes(text: str) -> int:
