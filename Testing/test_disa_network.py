@@ -160,8 +160,10 @@ def test_tiled_inference_equals_whole_volume(monkeypatch):
 
 @pytest.mark.parametrize("stride", [2, 1])
 def test_substride_descriptors_are_the_network_on_shifted_inputs(stride):
+    """One "a trous" pass equals the stride-4 network run on inputs shifted by d, wherever the
+    receptive field (24 voxels each way) lies inside both the volume and the shifted input."""
     model = distinct_model(6)
-    vol = smooth_volume((46, 45, 47), seed=6, sigma=1.5)
+    vol = smooth_volume((62, 60, 64), seed=6, sigma=1.5)
     img = Image.from_array(vol, spacing=(1.0, 1.5, 2.0), origin=(3.0, -2.0, 7.0))
     desc = compute_descriptors(img, model, stride=stride, dtype=torch.float32)
     assert desc.shape == tuple(math.ceil((n - 1) / stride) + 1 for n in vol.shape)
@@ -174,11 +176,10 @@ def test_substride_descriptors_are_the_network_on_shifted_inputs(stride):
         with torch.no_grad():
             direct = model(x[d[0]:, d[1]:, d[2]:][None, None])[0]
         inter = desc.data[:, d[0] // stride::step, d[1] // stride::step, d[2] // stride::step]
-        # Compare where the far-end padding cannot reach (receptive-field radius 24 voxels).
-        keep = [max(0, (n - dd - 25) // 4) for n, dd in zip(vol.shape, d)]
-        assert min(keep) >= 3
-        torch.testing.assert_close(inter[:, :keep[0], :keep[1], :keep[2]],
-                                   direct[:, :keep[0], :keep[1], :keep[2]], atol=1e-5, rtol=0)
+        lo, hi = 6, [(n - 1 - 24 - dd) // 4 + 1 for n, dd in zip(vol.shape, d)]  # 4k >= 24, 4k + d + 24 < n
+        assert min(hi) - lo >= 2
+        torch.testing.assert_close(inter[:, lo:hi[0], lo:hi[1], lo:hi[2]], direct[:, lo:hi[0], lo:hi[1], lo:hi[2]],
+                                   atol=1e-5, rtol=0)
         checked += 1
     assert checked == 4
 
@@ -264,8 +265,11 @@ def test_cache_runs_the_network_once_per_volume():
     img.data.mul_(2.0).add_(0.5)  # edited in place: a new volume
     cache.get(img, model)
     assert len(calls) == 2
+    strided = model.forward_strided
+    model.forward_strided = lambda *args, **kw: (calls.append(2), strided(*args, **kw))[1]
+    cache.get(img, model, stride=2)  # one "a trous" pass
     cache.get(img, model, stride=2)
-    assert len(calls) == 2 + 8 and len(cache) == 2
+    assert calls == [1, 1, 2] and len(cache) == 2
 
 
 # DISA similarity ---------------------------------------------------------------------------------
@@ -281,8 +285,8 @@ def test_disa_prepare_grids_and_single_cnn_run(disa_level, case24_images):
     model = distinct_model(10)
     calls = []
     model.register_forward_hook(lambda *args: calls.append(1))
-    sim = DISA(model=model, cache=DescriptorCache())
-    assert sim.at_scale(0.5) is sim and sim.name == "disa"
+    sim = DISA(model=model, cache=DescriptorCache(), stride=4)  # (registration's default is 2)
+    assert sim.at_scale(0.5) is sim and sim.name == "disa" and DISA(model=model).stride == 2
     prep = sim.prepare(fl, ml)
     # Both grids: stride 4 at the fixed level's spacing (the moving level, oversampled 2x, is
     # described at the fixed spacing), each with its image's own origin.
@@ -405,10 +409,10 @@ def test_missing_corrupt_and_unreadable_weights_raise_input_error(tmp_path, monk
     missing = tmp_path / "nowhere.pt"
     with pytest.raises(InputError, match="nowhere.pt"):
         DISA(weights=missing)
-    # The default location names the file and says that no weights were shipped yet.
+    # The default location names the file and says the shipped weights are missing.
     monkeypatch.setattr(weights_module, "DEFAULT_WEIGHTS", tmp_path / "disa_lc2.pt")
     monkeypatch.setattr(disa_module, "DEFAULT_WEIGHTS", tmp_path / "disa_lc2.pt")
-    with pytest.raises(InputError, match=r"disa_lc2\.pt.*not been trained/shipped"):
+    with pytest.raises(InputError, match=r"disa_lc2\.pt.*shipped weights are missing"):
         DISA()
     path = tmp_path / "net.pt"
     save_weights(path, seeded_model(16), {})

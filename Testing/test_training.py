@@ -1,6 +1,7 @@
-"""DISA training: the LC² target against a slow least-squares reference, the sampling of
-patch pairs from an unregistered-style pair, the invariances the augmentations rely on, a
-short real training run, checkpoint/resume and dataset building.
+"""DISA training, the paper's recipe: the LC² target against a slow least-squares reference, the
+sampling of patch pairs from an unregistered-style pair, the invariances the augmentations rely
+on, a short real training run, checkpoint/resume and dataset building (the dense trainer:
+test_training_dense.py).
 
 Training tests use 17^3 patches (the smallest size whose centre is an output voxel of the
 network, still holding every LC² cube) so that the real DISANet trains in seconds on a CPU.
@@ -17,9 +18,11 @@ from scipy import ndimage
 from disa.errors import InputError
 from disa.features.network import DISANet
 from disa.features.weights import load_weights
-from disa.train import (PatchPairs, TrainConfig, augment_batch, build_dataset, lc2_target, sample_patch_pairs, train)
+from disa.train.dataset import ShardData, build_dataset
+from disa.train.paper import PaperConfig, augment_batch, evaluate, train_paper
+from disa.train.patches import PatchPairs, sample_patch_pairs
 from disa.train.synth import Template, check_not_held_out, simulate_ultrasound, tissues_from_t1
-from disa.train.trainer import _PartData, evaluate
+from disa.train.targets import lc2_target
 
 torch.set_num_threads(1)
 
@@ -143,14 +146,14 @@ def shard_dir(small_pairs, tmp_path_factory):
 
 
 def test_training_lowers_the_loss(shard_dir, tmp_path):
-    data = _PartData([(str(shard_dir / "shard_0000.npz"), None)], 1e9)
+    data = ShardData([(str(shard_dir / "shard_0000.npz"), None)], 1e9)
     with torch.random.fork_rng():
         torch.manual_seed(11)
         before = evaluate(DISANet(), data, 64, torch.device("cpu"))["mse"]
     # batch 16 instead of 256: a smaller learning rate (lr 1e-3 needs the warm-up of long runs)
-    cfg = TrainConfig(data=str(shard_dir), out_dir=str(tmp_path / "run"), epochs=3, batch_size=16, lr=3e-4,
+    cfg = PaperConfig(data=str(shard_dir), out_dir=str(tmp_path / "run"), epochs=3, batch_size=16, lr=3e-4,
                       warmup_steps=1, val_fraction=0.25, seed=11, device="cpu", progress=False)
-    report = train(cfg)
+    report = train_paper(cfg)
     assert [h["epoch"] for h in report.history] == [1, 2, 3] and report.n_train == 72 and report.n_val == 24
     model, meta = load_weights(report.weights)  # checksum verified through the model card
     after = evaluate(model, data, 64, torch.device("cpu"))["mse"]
@@ -162,9 +165,9 @@ def test_training_lowers_the_loss(shard_dir, tmp_path):
 def test_resume_matches_an_uninterrupted_run(shard_dir, tmp_path):
     common = dict(data=str(shard_dir), batch_size=8, val_fraction=0.25, seed=3, device="cpu", progress=False,
                   max_steps_per_epoch=2)
-    full = train(TrainConfig(out_dir=str(tmp_path / "full"), epochs=2, **common))
-    train(TrainConfig(out_dir=str(tmp_path / "split"), epochs=1, **common))
-    resumed = train(TrainConfig(out_dir=str(tmp_path / "split"), epochs=2, resume=True, **common))
+    full = train_paper(PaperConfig(out_dir=str(tmp_path / "full"), epochs=2, **common))
+    train_paper(PaperConfig(out_dir=str(tmp_path / "split"), epochs=1, **common))
+    resumed = train_paper(PaperConfig(out_dir=str(tmp_path / "split"), epochs=2, resume=True, **common))
     keys = ("epoch", "train_mse", "val_mse", "val_mae", "steps")  # all but timings
     assert [[h[k] for k in keys] for h in resumed.history] == [[h[k] for k in keys] for h in full.history]
     a = torch.load(full.checkpoint, weights_only=False)
@@ -176,7 +179,7 @@ def test_resume_matches_an_uninterrupted_run(shard_dir, tmp_path):
         assert torch.equal(torch.as_tensor(a["optimizer"]["state"][0][k]),
                            torch.as_tensor(b["optimizer"]["state"][0][k])), k
     with pytest.raises(InputError):  # other settings must not silently continue a run
-        train(TrainConfig(out_dir=str(tmp_path / "split"), epochs=3, resume=True, **dict(common, seed=4)))
+        train_paper(PaperConfig(out_dir=str(tmp_path / "split"), epochs=3, resume=True, **dict(common, seed=4)))
 
 
 def test_build_dataset_from_files_and_held_out_case(tmp_path):
@@ -217,80 +220,3 @@ def test_simulated_ultrasound_has_a_fan_and_bright_boundaries():
     near = fan & (np.abs(r - 12) < 1.0)
     flat = fan & (np.abs(r - 16) < 1.0)
     assert us[near].mean() > us[flat].mean()
-
-
-# ---------------------------------------------------------------------------------------------
-# dense training (disa.train.dense)
-def _pool_pair(seed=0, shape=(72, 72, 72)):
-    from disa.train.dense import PoolPair
-
-    a = smooth_field(shape, 2.0, seed)
-    b = np.tanh(2 * a) + 0.1 * smooth_field(shape, 1.0, seed + 1)  # a nonlinear "other modality"
-    centres = np.argwhere(np.ones(shape, bool))[::997]
-    return PoolPair(torch.from_numpy(a)[None, None], torch.from_numpy(b.astype(np.float32))[None, None],
-                    centres, centres, True, 1.0, "test")
-
-
-def test_dense_crops_are_exact_and_targets_match_the_paper_target():
-    from disa.train.dense import CROP, FIRST, batch_targets, crop_grid, random_rotation
-
-    p = _pool_pair()
-    c = np.array([36, 34, 38])
-    crop = torch.nn.functional.grid_sample(p.a, crop_grid(c, np.eye(3), 1.0, p.a.shape[-3:]), align_corners=True)
-    h = CROP // 2
-    ref = p.a[0, 0, c[0] - h:c[0] + h, c[1] - h:c[1] + h, c[2] - h:c[2] + h]
-    assert float((crop[0, 0] - ref).abs().max()) < 1e-4
-    # a rotation is orthonormal (or a reflection), so its crops keep distances
-    r = random_rotation(np.random.default_rng(3))
-    assert np.allclose(r @ r.T, np.eye(3), atol=1e-9) and abs(abs(np.linalg.det(r)) - 1) < 1e-9
-    # every dense target is the paper's lc2_target of the 33^3 patch around that output
-    xa = torch.from_numpy(smooth_field((2, 1, CROP, CROP, CROP), 1.5, 5))
-    xb = torch.tanh(xa) + 0.3 * torch.from_numpy(smooth_field((2, 1, CROP, CROP, CROP), 1.0, 6))
-    t, var = batch_targets(xa, xb)
-    assert t.shape == (2, 1, 8, 8, 8) and var.shape == t.shape
-    for n, (i, j, k) in [(0, (0, 0, 0)), (1, (7, 3, 5)), (0, (2, 7, 1))]:
-        z, y, x = (4 * (FIRST + q) for q in (i, j, k))
-        sl = (slice(z - 16, z + 17), slice(y - 16, y + 17), slice(x - 16, x + 17))
-        ref = lc2_target(xa[n, 0][sl], xb[n, 0][sl])
-        assert abs(float(ref) - float(t[n, 0, i, j, k])) < 1e-5
-
-
-def test_dense_training_lowers_the_loss_on_fixed_crops():
-    from disa.train.dense import batch_targets, predict_dense, sample_crops
-
-    rng = np.random.default_rng(0)
-    xa, xb = sample_crops([_pool_pair(1)], 2, rng, max_offset=6.0)
-    target, var = batch_targets(xa, xb)
-    assert float(target.max()) > 0.5 and float(target.min()) < 0.2  # aligned and shifted crops
-    torch.manual_seed(0)
-    model = DISANet()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
-    for _ in range(14):
-        loss = ((predict_dense(model, xa, xb) - target) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-    assert losses[-1] < 0.5 * losses[0], losses
-
-
-def test_weights_from_a_dense_checkpoint_load_with_their_card(tmp_path):
-    from disa.train.dense import CHECKPOINT_FORMAT, weights_from_checkpoint
-
-    torch.manual_seed(3)
-    model = DISANet()
-    history = [{"step": 200, "train_loss": 0.07, "seconds": 10.0, "val_mse": 0.05, "val_mae": 0.2}]
-    ckpt = tmp_path / "checkpoint.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "step": 200, "model": model.state_dict(), "history": history,
-                "config": {"seed": 0}}, ckpt)
-    digest = weights_from_checkpoint(str(ckpt), str(tmp_path / "disa_lc2.pt"), {"note": "stopped early"})
-    loaded, meta = load_weights(tmp_path / "disa_lc2.pt")
-    assert meta["sha256"] == digest and meta["note"] == "stopped early"
-    assert meta["training"]["steps_completed"] == 200 and meta["validation"]["val_mse"] == 0.05
-    x = torch.randn(1, 1, 20, 20, 20)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model.eval()(x))
-    torch.save({"format": "something else"}, ckpt)
-    with pytest.raises(InputError, match="not a dense DISA training checkpoint"):
-        weights_from_checkpoint(str(ckpt), str(tmp_path / "w.pt"))

@@ -222,10 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated subset of: disa, lc2, mind, mi, sitk-mi, elastix (default all available)")
     p.add_argument("--val-data", default=None, metavar="DIR",
                    help="paper-style validation patch pairs for the DISA approximation error "
-                        "(build with: disa train --dense --build-only --source-dir ../shared/data --data DIR)")
+                        "(build with: disa train --paper --build-only --source-dir ../shared/data --data DIR)")
     p.add_argument("--heldout-data", default=None, metavar="DIR",
-                   help="the data folder with templates/ (e.g. ../shared/data): also register held-out "
-                        "synthetic ultrasound-MR pairs with DISA and exact LC2 (a few minutes)")
+                   help="the data folder with templates/ (e.g. ../shared/data): also measure DISA on held-out "
+                        "synthetic pairs (learning-curve R2, registration) beside a random network, the "
+                        "MIND-SSC oracle, MIND-SSC and exact LC2 (tens of minutes)")
     p.add_argument("--output-dir", default="bench-results", help="where to write results (default bench-results)")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the perturbations")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -237,10 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .train import add_train_arguments  # argparse only; torch loads when the command runs
 
     p = sub.add_parser("train", help="train the DISA-LC2 descriptor network from unregistered volume pairs",
-                       description="Sample LC2-labelled patch pairs from unregistered volume pairs (--build: brain "
-                                   "templates with synthetic appearances, real ultrasound, or your own --pair A B) and "
-                                   "train the DISA network; writes a checkpoint per epoch and OUTPUT_DIR/disa_lc2.pt "
-                                   "with its model card (.json).")
+                       description="Dense training (default): crop pairs cut from volume pairs rendered from "
+                                   "--source-dir (brain templates with random appearances, simulated and real "
+                                   "ultrasound), supervised with exact LC2 at every output; a learning curve on "
+                                   "held-out crop pairs (curve.json/.png), snapshots and a checkpoint in "
+                                   "--output-dir; --resume continues, --time-limit stops cleanly. --select then "
+                                   "picks the snapshot that registers the held-out synthetic pairs best and writes "
+                                   "OUTPUT_DIR/disa_lc2.pt with its model card. --paper trains the paper's "
+                                   "patch-pair recipe instead.")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
     return parser

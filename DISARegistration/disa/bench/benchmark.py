@@ -37,7 +37,9 @@ OPTIMIZERS = {
 LC2_MEDIAN_MM, LC2_SHARE_5MM = 3.0, 0.90
 MIND_MEDIAN_MM, MIND_MAX_MM = 2.5, 5.0
 LC2_EVAL_MS = 40.0
-DISA_MEDIAN_MM, DISA_MAX_MM, DISA_MARGIN_MM = 2.5, 5.0, 0.5
+#: The DISA-network issue's targets: Case 24, held-out R², the GPU descriptor time.
+DISA_MEDIAN_MM, DISA_MAX_MM = 2.0, 5.0
+DISA_HELDOUT_R2, DISA_GPU_256_MS = 0.6, 35.0
 
 
 # helpers ----------------------------------------------------------------------------------------
@@ -411,8 +413,11 @@ def _disa_rows(chosen, fixed, moving, fixed_lm, moving_lm, device, val_data, pro
         progress(f"DISA: patch-wise L2 error on {val_data} ...")
         rows["approximation"] = disa_checks.approximation(model, val_data)
     if heldout_data:
-        progress(f"DISA: held-out synthetic US-MR registrations (templates from {heldout_data}) ...")
-        rows["heldout"] = disa_checks.heldout_registration(model, heldout_data, progress=progress)
+        progress(f"DISA: learning-curve metrics on held-out crop pairs (from {heldout_data}) ...")
+        rows["curve"] = disa_checks.curve_metrics(model, heldout_data)
+        progress("DISA: held-out registrations (eight synthetic pairs; with the MIND-SSC oracle, a random "
+                 "network, MIND-SSC and exact LC2 side by side) ...")
+        rows["heldout"] = disa_checks.heldout_baselines(model, heldout_data, progress=progress)
     return rows
 
 
@@ -439,17 +444,11 @@ def _targets(results: Dict[str, dict], lc2_eval: dict, disa: Optional[dict] = No
                 "measured": f"{ms:.1f} ms on {lc2_eval['device']}", "verdict": "PASS" if ms < LC2_EVAL_MS else "FAIL"})
     if disa is None:
         return out
-    from .disa_checks import DESCRIPTOR_128_MS, EVAL_SPEEDUP, L2_TARGET
-
-    best_peer = [results[m]["summary"]["median_tre"] for m in ("lc2", "mind")
-                 if results.get(m, {}).get("summary") and results[m]["summary"]["runs"]]
-    v, s = verdict("disa", lambda s: s["median_tre"] < DISA_MEDIAN_MM and s["failed"] == 0
-                   and s["max_tre"] < DISA_MAX_MM
-                   and (not best_peer or s["median_tre"] <= min(best_peer) + DISA_MARGIN_MM))
-    out.append({"target": f"DISA: median TRE < {DISA_MEDIAN_MM:g} mm, all runs < {DISA_MAX_MM:g} mm, median within "
-                          f"{DISA_MARGIN_MM:g} mm of the better of LC2 and MIND",
-                "measured": None if s is None else f"median {s['median_tre']:.2f} mm, max {s['max_tre']:.2f} mm"
-                + (f", best of LC2/MIND {min(best_peer):.2f} mm" if best_peer else ""), "verdict": v})
+    v, s = verdict("disa", lambda s: s["median_tre"] <= DISA_MEDIAN_MM and s["failed"] == 0
+                   and s["max_tre"] < DISA_MAX_MM)
+    out.append({"target": f"DISA on Case 24: median TRE <= {DISA_MEDIAN_MM:g} mm, every run < {DISA_MAX_MM:g} mm",
+                "measured": None if s is None else f"median {s['median_tre']:.2f} mm, max {s['max_tre']:.2f} mm",
+                "verdict": v})
     sitk = results.get("sitk-mi", {}).get("summary")
     v, s = verdict("disa", lambda s: bool(sitk) and s["median_seconds"] < sitk["median_seconds"])
     out.append({"target": "DISA rigid registration faster than SimpleITK Mattes-MI (median s)",
@@ -459,33 +458,41 @@ def _targets(results: Dict[str, dict], lc2_eval: dict, disa: Optional[dict] = No
     if "error" in disa:
         out.append({"target": "DISA weights", "measured": disa["error"], "verdict": "FAIL"})
         return out
-    ap = disa.get("approximation")
-    out.append({"target": f"DISA patch-wise L2 error vs LC2 on validation pairs < {L2_TARGET:g}",
-                "measured": None if ap is None else f"{ap['val_mse']:.4f} (predicting the mean: {ap['constant_mse']:.4f}; "
-                f"correlation with the target {ap['pearson_r']:.2f}; {ap['pairs']} pairs)", "verdict": "NOT RUN" if ap is None else
-                ("PASS" if ap["val_mse"] < L2_TARGET else "FAIL")})
-    d = disa["descriptors_128"]
-    out.append({"target": f"DISA descriptors of a 128^3 volume < {DESCRIPTOR_128_MS:g} ms ({d['device']})",
-                "measured": f"{d['median_ms']:.0f} ms", "verdict": "PASS" if d["median_ms"] < DESCRIPTOR_128_MS else "FAIL"})
-    e = disa["evaluation"]
-    out.append({"target": f"one DISA evaluation >= {EVAL_SPEEDUP:g}x faster than one exact LC2 evaluation (1 mm level; "
-                          "each at its cheaper cost per pose: one pose per call or a batch per call)",
-                "measured": f"{e['speedup']:.0f}x; per pose in batches: {e['disa']['per_pose_ms']:.3f} ms "
-                            f"({e['disa']['batch']} poses) vs {e['lc2']['per_pose_ms']:.1f} ms ({e['lc2']['batch']} poses); one call with one pose {e['disa']['median_ms']:.2f} ms vs "
-                            f"{e['lc2']['median_ms']:.1f} ms: {e['speedup_single_call']:.0f}x",
-                "verdict": "PASS" if e["speedup"] >= EVAL_SPEEDUP else "FAIL"})
+    c = disa.get("curve")
+    if c is not None:
+        n, base = c["network"], c["baselines"]
+        out.append({"target": f"DISA held-out R² against the constant predictor >= {DISA_HELDOUT_R2:g} (learning-curve "
+                              "crop pairs from volume pairs never trained on)",
+                    "measured": f"R² {n['r2']:.3f} (LC²-weighted {n['wr2']:.3f}, correlation {n['corr']:.3f}); random "
+                                f"network {base['initial_network']['r2']:.3f}; MIND-SSC oracle {base['mind_oracle']['r2']:.3f} "
+                                f"(after the best affine map {base['mind_oracle_affine']['r2']:.3f})",
+                    "verdict": "PASS" if n["r2"] >= DISA_HELDOUT_R2 else "FAIL"})
     h = disa.get("heldout")
     if h is not None:
-        v = "PASS" if h["disa"]["median_mm"] <= h["lc2"]["median_mm"] + DISA_MARGIN_MM else "FAIL"
-        out.append({"target": f"DISA on held-out synthetic US-MR pairs: median error within {DISA_MARGIN_MM:g} mm of "
-                              "exact LC2 (a check of generalization, beyond the issue's list)",
-                    "measured": f"DISA median {h['disa']['median_mm']:.2f} mm (max {h['disa']['max_mm']:.2f}), "
-                                f"LC2 median {h['lc2']['median_mm']:.2f} mm (max {h['lc2']['max_mm']:.2f}); "
-                                f"{len(h['disa']['errors_mm'])} runs", "verdict": v})
+        from ..train.heldout import TARGET_MEDIAN_MM, TARGET_SHARE_2MM
+
+        d = h["disa"]
+        others = ", ".join(f"{k} {h[k]['median_mm']:.2f} mm ({100 * h[k]['share_below_2mm']:.0f}%)"
+                           for k in ("mind_oracle", "random_network", "mind", "lc2") if k in h)
+        out.append({"target": f"DISA on the held-out synthetic pairs: median <= {TARGET_MEDIAN_MM:g} mm and >= "
+                              f"{100 * TARGET_SHARE_2MM:.0f}% of runs < 2 mm",
+                    "measured": f"median {d['median_mm']:.2f} mm, {100 * d['share_below_2mm']:.0f}% < 2 mm, max "
+                                f"{d['max_mm']:.2f} mm ({len(d['errors_mm'])} runs); {others}",
+                    "verdict": "PASS" if d["passes"] else "FAIL"})
     if "descriptors_256_cuda" in disa:
         g = disa["descriptors_256_cuda"]
-        out.append({"target": "DISA descriptors of a 256^3 volume on the GPU < 70 ms",
-                    "measured": f"{g['median_ms']:.1f} ms", "verdict": "PASS" if g["median_ms"] < 70 else "FAIL"})
+        out.append({"target": f"DISA descriptors of a 256^3 volume on the GPU <= {DISA_GPU_256_MS:g} ms",
+                    "measured": f"{g['median_ms']:.1f} ms", "verdict": "PASS" if g["median_ms"] <= DISA_GPU_256_MS else "FAIL"})
+    ap = disa.get("approximation")
+    if ap is not None:  # the earlier issue's patch-wise numbers, for comparison (not a target now)
+        out.append({"target": "(for reference) DISA patch-wise L2 error vs LC2 on paper-style validation pairs",
+                    "measured": f"{ap['val_mse']:.4f} (predicting the mean: {ap['constant_mse']:.4f}; correlation "
+                                f"{ap['pearson_r']:.2f}; {ap['pairs']} pairs)", "verdict": "INFO"})
+    d, e = disa["descriptors_128"], disa["evaluation"]
+    out.append({"target": f"(for reference) DISA descriptors of a 128^3 volume ({d['device']}, stride 4, float32); "
+                          "one evaluation against one exact LC2 evaluation",
+                "measured": f"{d['median_ms']:.0f} ms; {e['speedup']:.0f}x (per pose in batches: "
+                            f"{e['disa']['per_pose_ms']:.3f} ms vs {e['lc2']['per_pose_ms']:.1f} ms)", "verdict": "INFO"})
     return out
 
 
@@ -574,6 +581,16 @@ def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval:
                       f"within {m['window_mm']:g} mm of the MR landmark): correlation median {m['correlation_median']:.2f} "
                       f"(min {m['correlation_min']:.2f}); map peak to MR landmark, median: DISA "
                       f"{m['peak_distance_disa_median_mm']:.1f} mm, LC2 {m['peak_distance_lc2_median_mm']:.1f} mm."]
+    if disa and "heldout" in disa:
+        h = disa["heldout"]
+        lines += ["", f"Held-out synthetic pairs ({len(h['pairs'])} pairs x {h['perturbations']} starts, the first at the "
+                      f"truth, the others up to {h['max_rotation']:g} deg / {h['max_translation']:g} mm; error = mean "
+                      "distance over ~500 fixed foreground points):", "",
+                  "| method | median (mm) | < 2 mm | max (mm) | median s |", "|---|---:|---:|---:|---:|"]
+        for k, v in h.items():
+            if isinstance(v, dict) and "median_mm" in v:
+                lines.append(f"| {k} | {v['median_mm']:.2f} | {100 * v['share_below_2mm']:.0f}% | {v['max_mm']:.2f} | "
+                             f"{np.median(v['seconds']):.1f} |")
     targets = _targets(results, lc2_eval, disa)
     lines += ["", "Targets (from the issue):"]
     for t in targets:

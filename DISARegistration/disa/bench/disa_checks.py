@@ -4,17 +4,14 @@ in :mod:`disa.bench.benchmark`.
 
 - approximation: the patch-wise L2 error (mean squared error of the centre-voxel dot product
   against the exact LC² target, the paper's number) on validation patch pairs sampled the
-  paper's way from volume pairs training never saw (``disa train --dense --build-only``), next
+  paper's way from volume pairs training never saw (``disa train --paper --build-only``), next
   to the error of always predicting the targets' mean; and, around every Case 24 landmark, the
   Pearson correlation of the DISA and exact LC² similarity maps (the paper's Fig. 1) plus the
   distance of each map's peak from the corresponding MR landmark.
 - speed: descriptors of a 128^3 volume; one DISA evaluation against one exact LC² evaluation
   at the same working level (1 mm), as the optimizer calls them.
-- held-out registration: simulated ultrasound (fixed) against an MR-like appearance (moving)
-  of the same template, rendered with seeds training never draws, so the truth is the
-  identity; DISA and exact LC² register the same rigid perturbations. A network that only
-  approximates LC² on average can pass Case 24 and still fail here, and choosing a checkpoint
-  by this check does not look at Case 24.
+- held-out registration: :mod:`disa.train.heldout` (eight synthetic pairs with exact truth,
+  the check that also selects checkpoints; never Case 24), run by :mod:`disa.bench.benchmark`.
 """
 from __future__ import annotations
 
@@ -24,22 +21,15 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-#: Held-out synthetic US-MR pairs: (template, MR-like appearance); spec seeds 990001, 990002, ...
-HELDOUT_PAIRS = (("icbm152", "t1"), ("mni", "t2"), ("colin27", "flair"), ("vxm", "pd"))
-HELDOUT_SEED = 990001
-
-#: Targets of the issue.
-L2_TARGET = 0.015
-DESCRIPTOR_128_MS = 600.0
-EVAL_SPEEDUP = 300.0
 MAP_WINDOW_MM = 15.0
 
 
 def approximation(model: torch.nn.Module, val_dir: str) -> dict:
     """Patch-wise L2 error on the paper-style validation shards in ``val_dir``."""
-    from ..train.trainer import _PartData, _shards, predict_pairs
+    from ..train.dataset import ShardData, shard_files
+    from ..train.paper import predict_pairs
 
-    data = _PartData([(f, None) for f in _shards(val_dir)], 4 * 2 ** 30)
+    data = ShardData([(f, None) for f in shard_files(val_dir)], 4 * 2 ** 30)
     preds, targets = [], []
     model.eval()
     with torch.no_grad():
@@ -146,53 +136,28 @@ def time_evaluations(fixed, moving, device, model: Optional[torch.nn.Module] = N
     return out
 
 
-def heldout_registration(model: torch.nn.Module, data_dir: str, perturbations: int = 3,
-                         max_rotation: float = 10.0, max_translation: float = 10.0,
-                         metrics=("disa", "lc2"), progress: Callable[[str], None] = lambda m: None) -> dict:
-    """Registration error (mean distance over ~500 fan points, mm) on the held-out synthetic
-    ultrasound-MR pairs of ``HELDOUT_PAIRS``; the first run of each pair starts at the truth,
-    the others at seeded rigid perturbations. Pairs whose template is missing are skipped."""
-    from ..errors import InputError
-    from ..evaluate import transform_points
-    from ..features.descriptors import DescriptorCache
-    from ..registration import register
-    from ..sample_data import move_image, random_rigid
-    from ..similarity.disa import DISA
-    from ..spatial import Image
-    from ..train.synth import PairSpec, make_pair
+def curve_metrics(model: torch.nn.Module, data_dir: str) -> dict:
+    """The learning curve's metrics (held-out R², weighted R², correlation, flat-patch norm) of
+    ``model`` on the curve's held-out crop pairs, with the constant predictor, a random network
+    and the MIND-SSC oracle as baselines (:mod:`disa.train.curve`)."""
+    from ..features.network import seeded_model
+    from ..train.curve import CurveSet
+    from ..train.sources import curve_pairs
 
-    out: dict = {m: {"errors_mm": [], "seconds": []} for m in metrics}
-    skipped = []
-    for i, (template, appearance) in enumerate(HELDOUT_PAIRS):
-        try:
-            pair = make_pair(PairSpec("synthetic", HELDOUT_SEED + i, template, appearance, "us"), data_dir)
-        except InputError as exc:
-            skipped.append(f"{template}: {exc}")
-            continue
-        fixed = Image.from_array(pair.b, mask=torch.from_numpy(pair.mask_b)[None])
-        moving = Image.from_array(pair.a)
-        fan = np.argwhere(pair.mask_b)
-        points = fan[:: max(1, len(fan) // 500)][:, ::-1].astype(np.float64)  # unit spacing: voxel = LPS
-        rng = np.random.default_rng(100 + i)
-        for k in range(perturbations):
-            truth = np.eye(4) if k == 0 else random_rigid(rng, max_rotation, max_translation, moving.center())
-            moved = move_image(moving, truth)
-            for m in metrics:
-                metric = DISA(model=model, cache=DescriptorCache()) if m == "disa" else m
-                t0 = time.perf_counter()
-                r = register(fixed, moved, metric=metric, device="cpu", seed=0)
-                err = np.linalg.norm(transform_points(r.matrix, points) - transform_points(truth, points), axis=1)
-                out[m]["errors_mm"].append(float(err.mean()))
-                out[m]["seconds"].append(time.perf_counter() - t0)
-                progress(f"held-out {template}-{appearance}-us run {k + 1}: {m} {err.mean():.2f} mm")
-    for m in metrics:
-        e = np.asarray(out[m]["errors_mm"])
-        out[m].update(median_mm=float(np.median(e)) if e.size else float("nan"),
-                      max_mm=float(e.max()) if e.size else float("nan"),
-                      share_below_2mm=float((e < 2.0).mean()) if e.size else float("nan"))
-    out.update(pairs=[f"{t}-{a}-us" for t, a in HELDOUT_PAIRS], skipped=skipped, perturbations=perturbations,
-               max_rotation=max_rotation, max_translation=max_translation)
-    return out
+    curve = CurveSet(curve_pairs(data_dir))
+    return {"network": curve.evaluate(model), "baselines": curve.baselines(seeded_model(0))}
 
 
-__all__ = ["approximation", "map_correlation", "time_descriptors", "time_evaluations", "heldout_registration"]
+def heldout_baselines(model: torch.nn.Module, data_dir: str, progress: Callable[[str], None] = lambda m: None) -> dict:
+    """Held-out registration (:mod:`disa.train.heldout`) of ``model`` beside the MIND-SSC oracle
+    through the same DISA path, a random network, MIND-SSC and exact LC²."""
+    from ..features.mind_oracle import MINDOracle
+    from ..features.network import seeded_model
+    from ..train.heldout import heldout_registration
+
+    return heldout_registration(data_dir, ("disa", ("mind_oracle", MINDOracle()), ("random_network", seeded_model(0)),
+                                           "mind", "lc2"), model=model, progress=progress)
+
+
+__all__ = ["approximation", "map_correlation", "time_descriptors", "time_evaluations", "curve_metrics",
+           "heldout_baselines"]

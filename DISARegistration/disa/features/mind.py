@@ -46,7 +46,7 @@ def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.T
     d = box_mean(torch.cat(dists, dim=1), radius)
     d = d - d.min(dim=1, keepdim=True).values
     var = d.mean(dim=1, keepdim=True)
-    mean_var = var.mean()
-    var = var.clamp(float(mean_var) * 1e-3, float(mean_var) * 1e3)
+    mean_var = max(float(var.mean()), 1e-12)  # a constant image has no variance at all: all ones, no NaN
+    var = var.clamp(mean_var * 1e-3, mean_var * 1e3)
     out = torch.exp(-d / var)
     return out[0] if squeeze else out

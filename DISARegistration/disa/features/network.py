@@ -102,11 +102,27 @@ class BlurPool(nn.Module):
         self.register_buffer("kernel", binomial_kernel()[None, None].repeat(channels, 1, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, (2, 2, 2, 2, 2, 2), mode="replicate")
+        return self.blur(x, 2, 1)
+
+    def blur(self, x: torch.Tensor, stride: int, dilation: int) -> torch.Tensor:
+        """The blur with its taps ``dilation`` voxels apart, keeping every ``stride``-th voxel."""
+        x = F.pad(x, (2 * dilation,) * 6, mode="replicate")
         kernel = self.kernel.to(x.dtype)
         if _use_mkldnn(x):
-            return torch.mkldnn_convolution(x, kernel, None, [0, 0, 0], [2, 2, 2], [1, 1, 1], self.channels)
-        return F.conv3d(x, kernel, stride=2, groups=self.channels)
+            return torch.mkldnn_convolution(x, kernel, None, [0, 0, 0], [stride] * 3, [dilation] * 3, self.channels)
+        return F.conv3d(x, kernel, stride=stride, dilation=dilation, groups=self.channels)
+
+
+def _conv_block(block: "Conv", x: torch.Tensor, dilation: int) -> torch.Tensor:
+    """``block`` (3x3x3 convolution + LeakyReLU) with its taps ``dilation`` voxels apart."""
+    if dilation == 1:
+        return block(x)
+    conv, pad = block[0], [dilation] * 3
+    if _use_mkldnn(x):
+        y = torch.mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, pad, [1, 1, 1], [dilation] * 3, 1)
+    else:
+        y = F.conv3d(x, conv.weight, conv.bias, padding=pad, dilation=dilation)
+    return F.leaky_relu(y, block[1].negative_slope)
 
 
 def clip_norm(y: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -131,6 +147,38 @@ class DISANet(nn.Module):
         if x.dim() != 5 or x.shape[1] != 1:
             raise ValueError(f"DISANet expects (B, 1, Z, Y, X) input, got {tuple(x.shape)}")
         return clip_norm(self.layers(x))
+
+    def forward_strided(self, x: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
+        """Descriptors at every ``stride``-th input voxel (4, 2 or 1) in one pass, with the same
+        weights: (B, 16, ceil(Z/s), ceil(Y/s), ceil(X/s)), output k on input voxel s*k.
+
+        "A trous": a BlurPool that would halve the grid keeps it instead, and every later
+        layer's taps are dilated by 2 so they reach the same input voxels as before. In the
+        interior this equals the 8 (stride 2) or 64 (stride 1) shifted stride-4 runs exactly;
+        at the borders it sees the real voxels a shifted run would have cut off. At stride 2 it
+        costs about a fifth of the 8 runs."""
+        if x.dim() != 5 or x.shape[1] != 1:
+            raise ValueError(f"DISANet expects (B, 1, Z, Y, X) input, got {tuple(x.shape)}")
+        if stride == STRIDE:
+            return self.forward(x)
+        if stride not in (1, 2):
+            raise ValueError(f"descriptor stride must be 4, 2 or 1, got {stride}")
+        keep = {2: 1, 1: 0}[stride]  # BlurPools that still halve the grid
+        dilation = 1
+        for layer in self.layers:
+            if isinstance(layer, BlurPool):
+                if keep > 0:
+                    x, keep = layer(x), keep - 1
+                else:
+                    x = layer.blur(x, 1, dilation)
+                    dilation *= 2
+            elif isinstance(layer, Residual):
+                x = x + _conv_block(layer.body[1], _conv_block(layer.body[0], x, dilation), dilation)
+            elif isinstance(layer, Conv):
+                x = _conv_block(layer, x, dilation)
+            else:  # the final 1x1 convolution has no taps to dilate
+                x = layer(x)
+        return clip_norm(x)
 
 
 def output_shape(shape) -> tuple:

@@ -103,8 +103,8 @@ def load_weights(path: PathLike = DEFAULT_WEIGHTS, expected_sha256: Optional[str
     path = Path(path)
     if not path.exists():
         default = path.resolve() == DEFAULT_WEIGHTS.resolve()
-        hint = (" The DISA network weights have not been trained/shipped yet; train them with "
-                "disa.train or pass a model explicitly." if default else "")
+        hint = (" The shipped weights are missing from this installation: reinstall the extension "
+                "(or the disa package), or pass a weights file trained with disa train." if default else "")
         raise InputError(f"DISA weights file not found: {path}.{hint}")
     if path.is_dir():
         raise InputError(f"DISA weights path is a folder, not a file: {path}")

@@ -23,9 +23,10 @@ LIMIT_VARIABLE = "DISA_MEMORY_LIMIT"
 PREPARE_BYTES, KEPT_BYTES = 13, 5
 #: Bytes per fixed-level voxel and per moving-level voxel while a level is prepared and poses
 #: are scored (features, sampling grids, warped features and gradients for a batch of poses),
-#: measured on Case 24 at 1 and 0.5 mm (peak RSS) and rounded up.
+#: measured on Case 24 at 1 and 0.5 mm (peak RSS) and rounded up; DISA's moving side is its
+#: network's stride-2 pass over a whole 144x181x177 volume (+975 MB, 212 bytes per voxel).
 LEVEL_BYTES = {"lc2": (2500, 60), "mind": (1300, 150), "mi": (2400, 60), "ncc": (400, 40), "mse": (400, 40),
-               "lncc": (700, 50), "ngf": (300, 50), "disa": (250, 30)}
+               "lncc": (700, 50), "ngf": (300, 50), "disa": (250, 230)}
 #: Bytes per source voxel of a slab while a large image is reduced (blurred copies, grids).
 REDUCE_BYTES = 32
 #: A registration's small tensors and the kernels' working space.

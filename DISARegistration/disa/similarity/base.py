@@ -59,9 +59,18 @@ class Similarity:
     """A similarity measure; subclasses set ``name`` and implement ``prepare``."""
 
     name = "similarity"
+    #: Whether the pipeline hands ``prepare`` a moving level sampled finer than the working
+    #: spacing (``registration.pipeline.moving_level``; measures that interpolate raw features).
+    oversampled_moving = True
 
     def prepare(self, fixed: Image, moving: Image) -> Prepared:
         raise NotImplementedError
+
+    @classmethod
+    def fine_spacing(cls, finest: float, extent: float) -> float:
+        """The finest working spacing (mm) by default, for images whose finest voxel is ``finest``
+        mm and whose fixed content spans ``extent`` mm: about 48 voxels across the content."""
+        return max(finest, extent / 48.0)
 
     def at_scale(self, factor: float) -> "Similarity":
         """This measure for a coarser pyramid level (``factor`` = finest / level spacing < 1).

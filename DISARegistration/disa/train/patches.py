@@ -1,17 +1,9 @@
-"""Training pairs for DISA-LC²: the LC² target of a patch pair and patch sampling from
-unregistered volume pairs (Ronchetti et al., MICCAI 2023, Sect. 3).
+"""Patch pairs for the paper's recipe: sampling from unregistered volume pairs (Ronchetti et al.,
+MICCAI 2023, Sect. 3) and the shard format; the LC² target itself is in :mod:`.targets`.
 
 Roles (LC² is asymmetric): volume/patch **A** supplies the intensity ``a`` and its gradient
 magnitude ``|grad a|``; volume/patch **B** supplies ``b``, the values that are fitted (the
 ultrasound in US-MR). A stored pair is ``pairs[i, 0]`` = A patch, ``pairs[i, 1]`` = B patch.
-
-Target (REFERENCE §1): for the centred (2r+1)^3 cube, fit ``b ~ c1 a + c2 |grad a| + c3`` by
-ridge least squares. The intercept is not penalized (the fit is done on centred values), the
-two slopes get ridge ``1e-3`` on their normal equations, as in the engine's exact LC²
-(``disa.similarity.lc2.lc2_local``), so the network learns the measure the engine computes and
-the target is exactly invariant to a shift of ``b``. ``residual`` is the minimized ridge
-objective, so ``var(b) - residual = c . cov([a, g], b)``; the similarity is that divided by
-``max(var(b), 1e-2)`` and clamped to [0, 1]; the target is the mean over r = 3, 5, 7.
 
 Sampling (paper): draw a B centre with probability proportional to LC²'s weight (the local
 variance of ``b``, mean over the radii); score it against candidate A centres; draw
@@ -42,93 +34,14 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..spatial.filters import box_mean, gradient_magnitude
+from .targets import MIN_VARIANCE, RADII, RIDGE, lc2_cubes, lc2_from_moments, lc2_target
 
-#: Radii (voxels) of the LC² cubes averaged into the target.
-RADII: Tuple[int, ...] = (3, 5, 7)
-#: Ridge on the normal equations of the two slopes.
-RIDGE = 1e-3
-#: Floor of var(b) in the denominator: flat B patches score ~0 instead of noise ratios.
-MIN_VARIANCE = 1e-2
 #: Side of a training patch (voxels); the network's centre output sits on its centre voxel.
 PATCH_SIZE = 33
 #: Side of the crop the rotated patch is cut from in the paper (documentation; see module doc).
 CROP_SIZE = 51
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
-
-
-# ---------------------------------------------------------------------------------------------
-# LC² of centred cubes
-def lc2_cubes(a: torch.Tensor, g: torch.Tensor, b: torch.Tensor, radii: Sequence[int] = RADII,
-              ridge: float = RIDGE, min_variance: float = MIN_VARIANCE) -> torch.Tensor:
-    """Mean LC² over ``radii`` of centred cubes: ``a``, ``g`` (N, k, k, k), ``b`` (N or 1, k, k, k).
-
-    ``k`` must be odd and at least 2*max(radii)+1; each radius uses the centre (2r+1)^3 cube.
-    Returns (N,) in [0, 1]. Computed with centred (two-pass) moments for float32 accuracy.
-    """
-    k = a.shape[-1]
-    half = (k - 1) // 2
-    if k % 2 == 0 or half < max(radii):
-        raise InputError(f"LC² cubes must have odd side >= {2 * max(radii) + 1}, got {k}")
-    n = a.shape[0]
-    total = torch.zeros(n, dtype=a.dtype, device=a.device)
-    for r in radii:
-        sl = slice(half - r, half + r + 1)
-        av = a[:, sl, sl, sl].reshape(n, -1)
-        gv = g[:, sl, sl, sl].reshape(n, -1)
-        bv = b[:, sl, sl, sl].reshape(b.shape[0], -1)
-        av = av - av.mean(1, keepdim=True)
-        gv = gv - gv.mean(1, keepdim=True)
-        bv = bv - bv.mean(1, keepdim=True)
-        caa = (av * av).mean(1) + ridge
-        cgg = (gv * gv).mean(1) + ridge
-        cag = (av * gv).mean(1)
-        cab = (av * bv).mean(1)
-        cgb = (gv * bv).mean(1)
-        vb = (bv * bv).mean(1)
-        det = caa * cgg - cag * cag
-        c1 = (cgg * cab - cag * cgb) / det
-        c2 = (caa * cgb - cag * cab) / det
-        # residual = vb - 2 c.v + c'Cc + ridge |c|^2 and (C + ridge I) c = v give
-        # var(b) - residual = c.v
-        explained = c1 * cab + c2 * cgb
-        total = total + (explained / vb.clamp_min(min_variance)).clamp(0.0, 1.0)
-    return total / len(radii)
-
-
-def _as_batch(x: ArrayLike) -> torch.Tensor:
-    t = torch.as_tensor(x)
-    if t.dim() == 3:
-        t = t[None]
-    if t.dim() == 5 and t.shape[1] == 1:
-        t = t[:, 0]
-    if t.dim() != 4 or not (t.shape[1] == t.shape[2] == t.shape[3]):
-        raise InputError(f"patches must be (N, S, S, S) cubes, got shape {tuple(t.shape)}")
-    return t
-
-
-def lc2_target(patch_a: ArrayLike, patch_b: ArrayLike, radii: Sequence[int] = RADII,
-               ridge: float = RIDGE, min_variance: float = MIN_VARIANCE) -> torch.Tensor:
-    """LC² training target (N,) of centred patch pairs (N, S, S, S) (or (N, 1, S, S, S)).
-
-    ``patch_a`` gives intensity and central-difference gradient magnitude (per voxel, computed on
-    the whole patch, so the cube border sees its true neighbours), ``patch_b`` is fitted.
-    """
-    a = _as_batch(patch_a).float()
-    b = _as_batch(patch_b).float()
-    if a.shape != b.shape:
-        raise InputError(f"patch shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    s = a.shape[-1]
-    half = (s - 1) // 2
-    R = max(radii)
-    if s % 2 == 0 or half < R + 1:
-        raise InputError(f"patches must have an odd side of at least {2 * R + 3}, got {s}")
-    sl = slice(half - R - 1, half + R + 2)  # one voxel of context for the central differences
-    ac = a[:, sl, sl, sl]
-    g = gradient_magnitude(ac[:, None])[:, 0, 1:-1, 1:-1, 1:-1]
-    inner = slice(1, -1)
-    return lc2_cubes(ac[:, inner, inner, inner], g, b[:, sl, sl, sl][:, inner, inner, inner],
-                     radii, ridge, min_variance)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,13 +150,7 @@ def _score_candidates(cubes_a: torch.Tensor, cubes_g: torch.Tensor, moments: tor
     tmpl32 = tmpl.float()
     cab = (cubes_a @ tmpl32).double()
     cgb = (cubes_g @ tmpl32).double()
-    caa = moments[..., 2] + RIDGE
-    cgg = moments[..., 3] + RIDGE
-    cag = moments[..., 4]
-    det = caa * cgg - cag * cag
-    c1 = (cgg * cab - cag * cgb) / det
-    c2 = (caa * cgb - cag * cab) / det
-    sim = ((c1 * cab + c2 * cgb) / vb.clamp_min(MIN_VARIANCE)[None]).clamp(0.0, 1.0)
+    sim = lc2_from_moments(moments[..., 2], moments[..., 3], moments[..., 4], cab, cgb, vb[None])
     return sim.mean(1)
 
 
@@ -405,5 +312,5 @@ def target_histogram(targets: np.ndarray, bins: int = 10) -> list:
     return [int(c) for c in counts]
 
 
-__all__ = ["RADII", "RIDGE", "MIN_VARIANCE", "PATCH_SIZE", "PatchPairs", "lc2_cubes", "lc2_target",
-           "sample_patch_pairs", "extract_patches", "random_rotations", "target_histogram"]
+__all__ = ["PATCH_SIZE", "PatchPairs", "sample_patch_pairs", "extract_patches", "random_rotations",
+           "target_histogram"]

@@ -204,7 +204,7 @@ def _class_mix(tpl: Template, values: Dict[str, float], background: float = 0.0)
     return np.where(tpl.brain, out, np.float32(background)).astype(np.float32)
 
 
-def _random_curve(x: np.ndarray, rng: np.random.Generator, knots: int = 6, monotone: bool = False) -> np.ndarray:
+def random_curve(x: np.ndarray, rng: np.random.Generator, knots: int = 6, monotone: bool = False) -> np.ndarray:
     """A random piecewise-linear intensity curve over the range of ``x`` (non-monotone unless
     ``monotone``)."""
     lo, hi = np.percentile(x, [1, 99])
@@ -244,7 +244,7 @@ def appearance(tpl: Template, kind: str, rng: np.random.Generator) -> np.ndarray
         out = brain + bone * (u(700, 1500) + 1000.0) + scalp * (u(20, 60) + 1000.0)
         return out.astype(np.float32)
     if kind == "random":
-        x = _random_curve(tpl.t1, rng, knots=int(rng.integers(3, 8)))
+        x = random_curve(tpl.t1, rng, knots=int(rng.integers(3, 8)))
         mix = _class_mix(tpl, {"csf": u(), "gm": u(), "wm": u()})
         w = u(0, 1)
         return np.where(tpl.brain, w * x + (1 - w) * mix, 0).astype(np.float32)
@@ -427,4 +427,5 @@ def make_pair_specs(data_dir: str, n_synthetic: int = 32, us_pairs_per_file: int
 
 __all__ = ["PairSpec", "VolumePair", "Template", "TEMPLATES", "APPEARANCES", "HELD_OUT_CASES", "load_template",
            "appearance", "simulate_ultrasound", "corrupt", "normalize", "load_ultrasound", "load_volume",
-           "make_pair", "make_pair_specs", "ultrasound_files", "check_not_held_out", "tissues_from_t1"]
+           "make_pair", "make_pair_specs", "ultrasound_files", "check_not_held_out", "tissues_from_t1",
+           "random_curve", "A_APPEARANCES"]

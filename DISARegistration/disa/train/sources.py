@@ -1,0 +1,169 @@
+"""Volume pairs for dense DISA training: an endless, seeded stream, and the held-out pairs of
+the learning curve.
+
+Three kinds of pairs (``mix``):
+
+- *synthetic*: two random appearances of one template on one grid (one of them simulated
+  ultrasound a third of the time; :mod:`disa.train.synth`);
+- *us-self*: a real RESECT ultrasound (B) and an intensity-remapped, smoothed copy of it (A) on
+  one grid: the aligned end of LC² with real speckle and anatomy;
+- *us-template*: a real ultrasound (B) against an unrelated template appearance (A): the low
+  end of LC² with real speckle.
+
+Each pair is rendered at a crop scale (voxel step of the crops cut from it: 1, 1.5 or 2 mm
+per voxel, band-limited first) and comes with crop centres: mostly content voxels drawn in
+proportion to LC²'s weight (local variance, capped), as the paper draws its B patches, plus a
+share drawn anywhere in the grid (air, flat background, borders), where registration also
+evaluates the network and LC² is 0.
+
+Never used for training: RESECT Case 24 (evaluation case, refused by
+:func:`disa.train.synth.check_not_held_out`), the ultrasound files of the learning curve
+(``CURVE_US``) and the seeds of the held-out registration check.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..threads import torch_threads
+from .heldout import HELDOUT_PAIRS, HELDOUT_SEED
+from .synth import (A_APPEARANCES, TEMPLATES, PairSpec, VolumePair, corrupt, load_ultrasound, make_pair,
+                    normalize, random_curve, ultrasound_files)
+from .targets import RADII
+
+#: Real ultrasound files kept for the learning curve (never trained on).
+CURVE_US = ("Case26", "Case27")
+#: Kinds of pairs and their default shares; crop scales (mm per crop voxel) and their shares.
+KINDS = ("synthetic", "us-self", "us-template")
+DEFAULT_MIX = (0.7, 0.15, 0.15)
+DEFAULT_SCALES = ((1.0, 0.5), (1.5, 0.25), (2.0, 0.25))
+#: Crop centres per pair, and the share of them drawn anywhere (background, borders).
+CENTRES, ANYWHERE = 4096, 0.15
+
+
+@dataclass
+class RenderedPair:
+    """Normalized volumes A and B (float32, (Z, Y, X)), crop centres (K, 3) voxel (z, y, x) of
+    each, whether the two share one grid (aligned crops possible), the crop scale and a name."""
+
+    a: np.ndarray
+    b: np.ndarray
+    centres_a: np.ndarray
+    centres_b: np.ndarray
+    same_grid: bool
+    scale: float
+    name: str
+
+
+def self_pair(path: str, seed: int) -> VolumePair:
+    """Real ultrasound (B) and an intensity-remapped, smoothed copy of it (A) on one grid."""
+    rng = np.random.default_rng(seed)
+    b, fan = load_ultrasound(path)
+    smooth = ndimage.gaussian_filter(b, rng.uniform(0.7, 2.0))
+    a = random_curve(smooth, rng, monotone=rng.uniform() < 0.5) * fan
+    a, _ = normalize(corrupt(a, rng, mask=fan), fan)
+    return VolumePair(a, b, fan, fan, True, {"kind": "us-self", "path": path, "seed": seed})
+
+
+def crop_centres(volume: np.ndarray, mask: Optional[np.ndarray], rng: np.random.Generator,
+                 k: int = CENTRES, anywhere: float = ANYWHERE) -> np.ndarray:
+    """``k`` crop centres (z, y, x): content voxels in proportion to the local variance (capped
+    at 2, LC²'s weight), and a share ``anywhere`` drawn uniformly over the whole grid."""
+    inside = mask if mask is not None else volume != 0
+    if not inside.any():
+        inside = np.ones_like(volume, dtype=bool)
+    r = 2 * RADII[len(RADII) // 2] + 1
+    mean = ndimage.uniform_filter(volume, r)
+    var = np.clip(ndimage.uniform_filter(volume * volume, r) - mean * mean, 0.0, 2.0)[inside] + 1e-3
+    where = np.argwhere(inside)
+    n_any = int(round(anywhere * k))
+    content = where[rng.choice(len(where), min(k - n_any, len(where)), replace=False, p=var / var.sum())]
+    spread = (rng.uniform(size=(n_any, 3)) * np.asarray(volume.shape)).astype(np.int64)
+    return np.concatenate([content, spread]).astype(np.int64)
+
+
+def band_limit(volume: np.ndarray, scale: float) -> np.ndarray:
+    """Anti-alias a volume before crops with a voxel step of ``scale`` are cut from it."""
+    if scale <= 1.0:
+        return volume
+    return ndimage.gaussian_filter(volume, 0.5 * math.sqrt(scale * scale - 1.0))
+
+
+def _template_spec(rng: np.random.Generator, seed: int, path: str) -> PairSpec:
+    return PairSpec("us", seed, str(rng.choice(list(TEMPLATES))), str(rng.choice(A_APPEARANCES)), None, None, path)
+
+
+def _synthetic_spec(rng: np.random.Generator, seed: int) -> PairSpec:
+    tpl = str(rng.choice(list(TEMPLATES)))
+    if rng.uniform() < 1.0 / 3.0:
+        return PairSpec("synthetic", seed, tpl, str(rng.choice(A_APPEARANCES)), "us")
+    a, b = (str(x) for x in rng.choice(A_APPEARANCES, 2, replace=False))
+    return PairSpec("synthetic", seed, tpl, a, b)
+
+
+def render_pair(data_dir: str, seed: int, index: int, us_files: Sequence[str], mix=DEFAULT_MIX,
+                scales=DEFAULT_SCALES) -> RenderedPair:
+    """Pair ``index`` of the stream ``seed``: a pure function of its arguments (background
+    processes can render it), on one thread so that it does not depend on the trainer's count
+    (parallel sums round differently, and the crop centres are drawn from those values)."""
+    with torch_threads(1):
+        return _render_pair(data_dir, seed, index, us_files, mix, scales)
+
+
+def _render_pair(data_dir, seed, index, us_files, mix, scales) -> RenderedPair:
+    rng = np.random.default_rng([int(seed), int(index)])
+    sub = int(rng.integers(2 ** 31))
+    if HELDOUT_SEED <= sub < HELDOUT_SEED + len(HELDOUT_PAIRS):
+        sub += len(HELDOUT_PAIRS)  # never the held-out check's own recipes
+    kind = KINDS[int(rng.choice(3, p=mix))] if us_files else "synthetic"
+    if kind == "synthetic":
+        spec = _synthetic_spec(rng, sub)
+        pair, name = make_pair(spec, data_dir), spec.name()
+    elif kind == "us-self":
+        path = us_files[int(rng.integers(len(us_files)))]
+        pair, name = self_pair(path, sub), f"us-self-{os.path.basename(path).split('.')[0]}-{sub}"
+    else:
+        spec = _template_spec(rng, sub, us_files[int(rng.integers(len(us_files)))])
+        pair, name = make_pair(spec, data_dir), spec.name()
+    values, probs = zip(*scales)
+    scale = float(rng.choice(values, p=np.asarray(probs) / sum(probs)))
+    return RenderedPair(band_limit(pair.a, scale).astype(np.float32), band_limit(pair.b, scale).astype(np.float32),
+                        crop_centres(pair.a, pair.mask_a, rng), crop_centres(pair.b, pair.mask_b, rng),
+                        bool(pair.same_grid), scale, f"{name}@{scale:g}")
+
+
+def training_us_files(data_dir: str) -> list:
+    """Real ultrasound files training may use (all of ``resect/us_only`` but ``CURVE_US``)."""
+    return [f for f in ultrasound_files(data_dir) if not os.path.basename(f).startswith(CURVE_US)]
+
+
+def curve_pairs(data_dir: str, n: int = 8, seed: int = 4242) -> list:
+    """The held-out volume pairs of the learning curve: synthetic pairs from their own seed
+    range, and every fourth an ultrasound self pair of ``CURVE_US`` (at crop scale 1)."""
+    with torch_threads(1):  # the same pairs whatever the caller's thread count (see render_pair)
+        return _curve_pairs(data_dir, n, seed)
+
+
+def _curve_pairs(data_dir: str, n: int, seed: int) -> list:
+    us = [f for f in ultrasound_files(data_dir) if os.path.basename(f).startswith(CURVE_US)]
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i])
+        if i % 4 == 3 and us:
+            path = us[(i // 4) % len(us)]
+            pair, name = self_pair(path, 500 + i), f"curve-us-self-{os.path.basename(path).split('.')[0]}"
+        else:
+            spec = _synthetic_spec(rng, 880000 + i)
+            pair, name = make_pair(spec, data_dir), "curve-" + spec.name()
+        out.append(RenderedPair(pair.a, pair.b, crop_centres(pair.a, pair.mask_a, rng),
+                                crop_centres(pair.b, pair.mask_b, rng), bool(pair.same_grid), 1.0, name))
+    return out
+
+
+__all__ = ["RenderedPair", "render_pair", "curve_pairs", "crop_centres", "self_pair", "band_limit",
+           "training_us_files", "CURVE_US", "KINDS", "DEFAULT_MIX", "DEFAULT_SCALES"]
