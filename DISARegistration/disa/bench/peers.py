@@ -71,10 +71,13 @@ def register_sitk_mi(fixed: Image, moving: Image, fixed_mask: Optional[np.ndarra
     size = np.array(f.GetSize(), dtype=np.float64)
     initial.SetCenter(f.TransformContinuousIndexToPhysicalPoint(((size - 1) / 2).tolist()))
     reg.SetInitialTransform(initial, inPlace=False)
+    iterations = [0]  # every level's: one metric value and gradient per gradient-descent iteration
+    reg.AddCommand(sitk.sitkIterationEvent, lambda: iterations.__setitem__(0, iterations[0] + 1))
     out = reg.Execute(f, m)
     matrix = sitk_to_matrix(out, "SimpleITK result")
     return PeerResult(matrix, time.perf_counter() - started,
-                      {"iterations": reg.GetOptimizerIteration(), "metric": reg.GetMetricValue(),
+                      {"iterations": reg.GetOptimizerIteration(), "evaluations": iterations[0],
+                       "metric": reg.GetMetricValue(),
                        "stop": reg.GetOptimizerStopConditionDescription()})
 
 
@@ -153,7 +156,10 @@ def register_elastix(fixed: Image, moving: Image, fixed_mask: Optional[np.ndarra
     except RuntimeError:  # "Internal elastix error: see the log": rerun (deterministic) to read why
         raise RuntimeError(f"elastix failed: {_elastix_failure(f, m, parameters, kwargs)}") from None
     matrix = elastix_euler_matrix(result.GetParameterMap(result.GetNumberOfParameterMaps() - 1))
-    return PeerResult(matrix, time.perf_counter() - started)
+    # adaptive stochastic gradient descent runs its whole iteration budget on every level
+    evaluations = (int(pmap["MaximumNumberOfIterations"][0]) * int(pmap["NumberOfResolutions"][0])
+                   if "MaximumNumberOfIterations" in pmap and "NumberOfResolutions" in pmap else None)
+    return PeerResult(matrix, time.perf_counter() - started, {"evaluations": evaluations})
 
 
 def _elastix_failure(f, m, parameters, kwargs) -> str:

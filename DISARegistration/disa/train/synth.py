@@ -7,7 +7,9 @@ clustering of the T1) are mapped to intensities by random curves (T1/T2/PD/FLAIR
 orderings and fully random, non-monotone ones); each volume gets random blur, a smooth
 multiplicative bias field and noise. The ultrasound-like simulation multiplies an
 echogenicity map plus beam-facing boundary reflections by depth attenuation and Rayleigh
-speckle, log-compresses it and cuts a fan (a cone from a random probe position).
+speckle (optionally darkened behind strong reflectors: acoustic shadows, used by the synthetic
+cases of :mod:`disa.cases`, not by training), log-compresses it and cuts a fan (a cone from a
+random probe position).
 Real RESECT ultrasound (``resect/us_only``) is paired with a random template appearance; such
 pairs are unregistered, which the sampling of :mod:`disa.train.patches` handles.
 RESECT Case 24 is the project's evaluation case and is refused as training data.
@@ -262,13 +264,16 @@ def appearance(tpl: Template, kind: str, rng: np.random.Generator) -> np.ndarray
     raise InputError(f"unknown appearance {kind!r}; choose from {', '.join(APPEARANCES)}")
 
 
-def simulate_ultrasound(tpl: Template, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+def simulate_ultrasound(tpl: Template, rng: np.random.Generator,
+                        shadowing: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
     """Ultrasound-like volume and its fan mask.
 
     Echogenicity (random tissue values) plus reflections at impedance boundaries that face the
     beam (|grad Z . beam direction|), times exp(-alpha depth) attenuation and Rayleigh speckle
     (envelope of Gaussian-correlated complex noise), log-compressed; zero outside a cone whose
     apex (the probe) sits on a random point of the brain surface, looking inwards.
+    ``shadowing`` > 0 also darkens what lies behind strong reflectors (acoustic shadows, see
+    :func:`shadow_transmission`); it draws nothing from ``rng`` (training leaves it at 0).
     """
     u = rng.uniform
     echo = _class_mix(tpl, {"csf": u(0.0, 0.2), "gm": u(0.1, 0.8), "wm": u(0.1, 0.8)})
@@ -304,10 +309,33 @@ def simulate_ultrasound(tpl: Template, rng: np.random.Generator) -> Tuple[np.nda
     speckle = np.sqrt(n1 * n1 + n2 * n2) ** u(0.3, 0.8)
     speckle /= max(float(speckle.mean()), 1e-6)
     signal = (echo + u(1.0, 4.0) * reflect) * np.exp(-u(0.005, 0.03) * depth) * speckle
+    if shadowing > 0:
+        signal = signal * shadow_transmission(reflect, apex, fan, shadowing)
     signal = ndimage.gaussian_filter(signal, u(0.4, 1.0))
     out = np.log1p(u(2.0, 20.0) * signal).astype(np.float32)
     out = np.where(fan, np.maximum(out, 1e-3), 0.0).astype(np.float32)
     return out, fan
+
+
+def shadow_transmission(reflect: np.ndarray, apex, fan: np.ndarray, strength: float,
+                        step: float = 1.5) -> np.ndarray:
+    """Share of the beam energy that reaches each fan voxel: exp(-strength * integral of
+    ``reflect`` (per mm) along the straight ray from ``apex`` (voxel z, y, x) to the voxel),
+    1 outside ``fan``. The integral sums samples every ``step`` mm from the apex, the same
+    along a ray for every depth, so a deeper voxel never receives more."""
+    apex = np.asarray(apex, dtype=np.float64)
+    pts = np.argwhere(fan).astype(np.float64)
+    rel = pts - apex
+    depth = np.linalg.norm(rel, axis=1)
+    unit = rel / np.maximum(depth, 1e-9)[:, None]
+    acc = np.zeros(len(pts))
+    for k in range(int(np.ceil(depth.max(initial=0.0) / step))):
+        s = (k + 0.5) * step
+        live = depth > s
+        acc[live] += step * ndimage.map_coordinates(reflect, (apex + s * unit[live]).T, order=1)
+    out = np.ones(reflect.shape, np.float32)
+    out[fan] = np.exp(-strength * acc)
+    return out
 
 
 def corrupt(volume: np.ndarray, rng: np.random.Generator, mask: Optional[np.ndarray] = None,
@@ -426,6 +454,7 @@ def make_pair_specs(data_dir: str, n_synthetic: int = 32, us_pairs_per_file: int
 
 
 __all__ = ["PairSpec", "VolumePair", "Template", "TEMPLATES", "APPEARANCES", "HELD_OUT_CASES", "load_template",
-           "appearance", "simulate_ultrasound", "corrupt", "normalize", "load_ultrasound", "load_volume",
+           "appearance", "simulate_ultrasound", "shadow_transmission", "corrupt", "normalize", "load_ultrasound",
+           "load_volume",
            "make_pair", "make_pair_specs", "ultrasound_files", "check_not_held_out", "tissues_from_t1",
            "random_curve", "A_APPEARANCES"]
