@@ -29,8 +29,8 @@ from vtk.util import numpy_support
 
 from disa.errors import InputError
 from disa.spatial import Image
-from disa.spatial.frames import (lps_to_ras_output, lps_to_ras_points, ras_to_lps_matrix, ras_to_lps_output,
-                                 ras_to_lps_points)
+from disa.spatial.frames import (lps_to_ras_matrix, lps_to_ras_output, lps_to_ras_points, ras_to_lps_matrix,
+                                 ras_to_lps_output, ras_to_lps_points)
 from disa.transforms.itk_io import itk_to_slicer_to_parent_ras, slicer_to_parent_ras_to_itk
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "itk_matrix_from_transform_node",
     "set_registration_references",
     "set_grid_transform_node_from_displacement",
+    "set_composite_transform_node_from_itk",
     "landmarks_from_markups",
     "markup_labels",
     "markups_from_points",
@@ -219,9 +220,40 @@ def set_grid_transform_node_from_displacement(node, field: Image) -> None:
     writes an ITK displacement field with the same mapping. Trilinear interpolation between grid
     points, as the engine's ``grid_sample``.
     """
+    _require(node, "vtkMRMLGridTransformNode", "output grid transform")
+    node.SetAndObserveTransformFromParent(_grid_transform(field))
+
+
+def set_composite_transform_node_from_itk(node, matrix_lps_fixed_to_moving, field: Image, before_lps=None) -> None:
+    """Store ``p -> matrix (q + d(q))`` with ``q = before_lps p`` (identity if None) in a transform
+    node as one composite "from parent" transform: linear, grid, linear (RAS).
+
+    ``d`` is the displacement field ``field`` (as :func:`set_grid_transform_node_from_displacement`),
+    e.g. the compression of the probe-pressure model, applied before its rigid part. Any transform
+    node holds it (also a vtkMRMLLinearTransformNode, which then is no longer linear); the moving
+    volume under the node lands on the fixed volume, and saving the node writes an ITK composite
+    transform (affine + displacement field) with the same mapping.
+    """
+    _require(node, "vtkMRMLTransformNode", "output transform")
+    general = vtk.vtkGeneralTransform()
+    general.PostMultiply()  # concatenated in the order points go through them
+    if before_lps is not None:
+        general.Concatenate(_vtk_linear_transform(before_lps))
+    general.Concatenate(_grid_transform(field))
+    general.Concatenate(_vtk_linear_transform(matrix_lps_fixed_to_moving))
+    node.SetAndObserveTransformFromParent(general)
+
+
+def _vtk_linear_transform(matrix_lps) -> "vtk.vtkTransform":
+    transform = vtk.vtkTransform()
+    transform.SetMatrix(_vtk_matrix_from_array(lps_to_ras_matrix(np.asarray(matrix_lps, dtype=np.float64))))
+    return transform
+
+
+def _grid_transform(field: Image):
+    """A vtkOrientedGridTransform (RAS) of a 3-channel LPS displacement field Image."""
     import slicer  # vtkOrientedGridTransform comes with Slicer (vtkAddon), also in slicer-core
 
-    _require(node, "vtkMRMLGridTransformNode", "output grid transform")
     if field.channels != 3:
         raise InputError(f"a displacement field needs 3 channels (x, y, z), got {field.channels}")
     arr = field.data.detach().cpu().numpy().astype(np.float64)  # (3, Z, Y, X), LPS
@@ -243,7 +275,7 @@ def set_grid_transform_node_from_displacement(node, field: Image) -> None:
     transform.SetDisplacementGridData(grid)
     transform.SetGridDirectionMatrix(_vtk_matrix_from_array(direction))
     transform.SetInterpolationModeToLinear()
-    node.SetAndObserveTransformFromParent(transform)
+    return transform
 
 
 def set_registration_references(transform_node, fixed_node, moving_node) -> None:

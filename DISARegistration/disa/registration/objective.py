@@ -47,6 +47,7 @@ class Objective:
             # Points are cheap: chunk by a budget of warped points rather than of poses.
             chunk = max(chunk, (1 << 20) // max(len(idx), 1))
         self.chunk = chunk
+        self._fixed_points = None  # see grid_of
 
     def matrices(self, params: torch.Tensor) -> torch.Tensor:
         """(B, 4, 4) fixed -> moving LPS matrices of the parameter vectors."""
@@ -61,6 +62,22 @@ class Objective:
             xyz = (self.points @ theta.permute(2, 0, 1).reshape(4, 3 * b)).view(-1, b, 3)
             return xyz.transpose(0, 1)[:, None, None]
         return F.affine_grid(theta, [theta.shape[0], 1, *self.fixed.shape], align_corners=True)
+
+    def grid_of(self, params: torch.Tensor) -> torch.Tensor:
+        """The sampling grid of (B, n) parameter vectors: ``grid(matrices(params))``, plus, for a
+        model with a fixed-space ``displacement`` (the probe-pressure model), that displacement
+        taken through the linear part of the map (it is applied before the matrix)."""
+        matrices = self.matrices(params)
+        grid = self.grid(matrices)
+        if not hasattr(self.model, "displacement"):
+            return grid
+        if self._fixed_points is None:  # LPS of the fixed grid (or prepared points), once per level
+            to_world = self._from_fixed[:3].to(torch.float32)
+            self._fixed_points = (self.points @ to_world.T)[None, None] if self.points is not None else \
+                F.affine_grid(to_world[None], [1, 1, *self.fixed.shape], align_corners=True)[0]
+        d = self.model.displacement(params.to(self.device), self._fixed_points)  # (B, ..., 3) mm
+        linear = (self._to_moving @ matrices)[:, :3, :3].to(grid.dtype)
+        return grid + (d.flatten(1, -2) @ linear.transpose(1, 2)).view_as(grid)
 
     def warp(self, grid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Moving features and validity on the fixed grid for normalized sampling ``grid``."""
@@ -87,14 +104,14 @@ class Objective:
         params = torch.as_tensor(params, dtype=torch.float64, device=self.device)
         if params.dim() == 1:
             params = params[None]
-        out = [self.similarity_of_grid(self.grid(self.matrices(p))) for p in params.split(self.chunk)]
+        out = [self.similarity_of_grid(self.grid_of(p)) for p in params.split(self.chunk)]
         return torch.cat(out)
 
     def overlap(self, params: Optional[np.ndarray] = None) -> float:
         """Share of the fixed mask (or grid) that maps inside the moving image."""
         p = torch.as_tensor(self.model.identity() if params is None else params, dtype=torch.float64)
         with torch.no_grad():
-            _, valid = self.warp(self.grid(self.matrices(p[None])))
+            _, valid = self.warp(self.grid_of(p[None]))
         region = valid if self.prepared.fixed_mask is None else valid * self.prepared.fixed_mask
         total = valid.numel() if self.prepared.fixed_mask is None else float(self.prepared.fixed_mask.sum())
         return float(region.sum()) / max(total, 1.0)

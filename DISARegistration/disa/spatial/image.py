@@ -337,14 +337,21 @@ def sample(source: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> 
 
 
 def resample_image(source: Image, target: Image, matrix: Optional[np.ndarray] = None,
-                   mode: str = "bilinear") -> Image:
+                   mode: str = "bilinear", displacement=None) -> Image:
     """``source`` resampled on ``target``'s grid through ``matrix`` (target LPS -> source LPS).
 
+    ``displacement``: optional callable giving the target-space displacement (..., 3) in mm of
+    LPS points (..., 3), applied before ``matrix`` (the probe-pressure model's compression).
     Voxels that fall outside ``source`` are 0 and outside the returned mask.
     """
     m = torch.as_tensor(np.eye(4) if matrix is None else np.asarray(matrix), dtype=torch.float64)
     theta = sampling_theta(target, source, m[None]).to(torch.float32)
     grid = F.affine_grid(theta, [1, 1, *target.shape], align_corners=True).to(source.data.device)
+    if displacement is not None:
+        to_world = torch.as_tensor(normalized_to_world(target)[:3], dtype=torch.float32)[None]
+        points = F.affine_grid(to_world, [1, 1, *target.shape], align_corners=True)
+        linear = (torch.as_tensor(world_to_normalized(source)) @ m)[:3, :3].to(torch.float32)
+        grid = grid + (displacement(points).to(torch.float32) @ linear.T).to(grid.device)
     out, inside = sample(source.data.float(), grid, mode=mode)
     mask = inside[0] > 0.5
     if source.mask is not None:

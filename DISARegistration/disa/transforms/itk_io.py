@@ -115,6 +115,12 @@ def write_itk_transform(path: PathLike, matrix, center: Optional[Sequence[float]
     Parent folders are created. See :func:`matrix_to_sitk` for ``center`` and ``kind``. Text
     files are byte-identical for identical inputs; HDF5 files also store their creation time.
     """
+    write_sitk_transform(path, matrix_to_sitk(matrix, center=center, kind=kind))
+
+
+def write_sitk_transform(path: PathLike, tx) -> None:
+    """Write any SimpleITK transform ``tx`` (a composite with a displacement field too) to an
+    ITK transform file, with the checks and one-line errors of :func:`write_itk_transform`."""
     import SimpleITK as sitk
 
     path = os.fspath(path)
@@ -122,7 +128,6 @@ def write_itk_transform(path: PathLike, matrix, center: Optional[Sequence[float]
     if not lower.endswith(WRITE_SUFFIXES):
         raise InputError(f"cannot write transform file '{path}': unknown suffix; use one of "
                          f"{', '.join(WRITE_SUFFIXES)}")
-    tx = matrix_to_sitk(matrix, center=center, kind=kind)
     folder = os.path.dirname(os.path.abspath(path))
     existed = os.path.exists(path)
     try:
@@ -142,9 +147,24 @@ def read_itk_transform(path: PathLike) -> np.ndarray:
     Translation, Scale..., and composites of them, as Slicer writes to .h5). The matrix is
     recovered from mapped points rather than per-type parameters, then checked for linearity.
     """
+    path = existing_file(path, "transform")
+    return sitk_to_matrix(_read_sitk(path), path)
+
+
+def read_itk_mapping(path: PathLike) -> Union[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """What a transform file does to fixed LPS points: the 4x4 matrix of a linear file (as
+    :func:`read_itk_transform`), else a function (N, 3) -> (N, 3) through SimpleITK, for
+    non-linear files such as a probe-pressure result (rigid part after a displacement field)."""
+    path = existing_file(path, "transform")
+    tx = _read_sitk(path)
+    if tx.IsLinear():
+        return sitk_to_matrix(tx, path)
+    return lambda points: np.array([tx.TransformPoint([float(v) for v in p]) for p in points], dtype=np.float64)
+
+
+def _read_sitk(path: str):
     import SimpleITK as sitk
 
-    path = existing_file(path, "transform")
     try:
         tx = sitk.ReadTransform(path)
     except RuntimeError as exc:
@@ -153,7 +173,7 @@ def read_itk_transform(path: PathLike) -> np.ndarray:
     if tx.GetDimension() != 3:
         raise InputError(f"transform file '{path}' holds a {tx.GetDimension()}-D transform; "
                          "DISA needs a 3-D transform")
-    return sitk_to_matrix(tx, path)
+    return tx
 
 
 def sitk_to_matrix(tx, name: str = "transform") -> np.ndarray:
@@ -202,12 +222,14 @@ def _describe(tx) -> str:
 # RAS / LPS --------------------------------------------------------------------------------------
 def write_resampled(moving_path: PathLike, fixed_path: PathLike, matrix, out_path: PathLike) -> None:
     """The moving image file resampled on the fixed file's grid through ``matrix`` (fixed ->
-    moving LPS), written with SimpleITK; voxels outside the moving image are 0."""
+    moving LPS; or any SimpleITK transform, such as a probe-pressure composite), written with
+    SimpleITK; voxels outside the moving image are 0."""
     import SimpleITK as sitk
 
     fixed = sitk.ReadImage(os.fspath(fixed_path))
     moving = sitk.ReadImage(os.fspath(moving_path))
-    out = sitk.Resample(moving, fixed, matrix_to_sitk(matrix), sitk.sitkLinear, 0.0, moving.GetPixelID())
+    tx = matrix if hasattr(matrix, "TransformPoint") else matrix_to_sitk(matrix)
+    out = sitk.Resample(moving, fixed, tx, sitk.sitkLinear, 0.0, moving.GetPixelID())
     os.makedirs(os.path.dirname(os.path.abspath(os.fspath(out_path))), exist_ok=True)
     sitk.WriteImage(out, os.fspath(out_path))
 
