@@ -33,7 +33,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from disa.registration.defaults import DEFAULTS, DEVICES, PRECISIONS, SEARCHES, TRANSFORMS
+from disa.registration.defaults import DEFAULTS, DEVICES, PRECISIONS, SEARCH_PRESETS, SEARCHES, TRANSFORMS
 from DISARegistrationLib import dependencies, sample_data
 from DISARegistrationLib.self_test_data import add_volume_node, perturb_about_center, synthetic_volume_array
 from DISARegistrationLib.widget_helpers import format_measures, map_point_ras, relabel_choices, show_table
@@ -94,8 +94,10 @@ class DISARegistrationParameterNode:
     metricExpression: str = "0.5*lc2+0.5*mind"
     transformModel: Annotated[str, Choice(list(TRANSFORMS))] = DEFAULTS.transform
     search: Annotated[str, Choice(list(SEARCHES))] = DEFAULTS.search
-    searchRotation: Annotated[float, WithinRange(0.0, 90.0)] = DEFAULTS.search_rotation
-    searchTranslation: Annotated[float, WithinRange(0.0, 100.0)] = DEFAULTS.search_translation
+    searchPreset: Annotated[str, Choice(list(SEARCH_PRESETS))] = DEFAULTS.search_preset
+    # The preset's ranges (choosing a preset sets both); either slider overrides them.
+    searchRotation: Annotated[float, WithinRange(0.0, 90.0)] = SEARCH_PRESETS[DEFAULTS.search_preset][0]
+    searchTranslation: Annotated[float, WithinRange(0.0, 200.0)] = SEARCH_PRESETS[DEFAULTS.search_preset][1]
     resolution: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     maxEvaluations: Annotated[int, WithinRange(0, 100000)] = 0
     device: Annotated[str, Choice(list(DEVICES))] = DEFAULTS.device
@@ -151,6 +153,7 @@ class DISARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadSampleLandmarksButton.connect("clicked(bool)", self.onLoadSampleLandmarksButton)
         self.ui.computeMapButton.connect("clicked(bool)", self.onComputeMapButton)
         self.ui.fadeSliderWidget.connect("valueChanged(double)", self.onFadeChanged)
+        self.ui.searchPresetComboBox.connect("activated(int)", self.onSearchPresetChosen)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -194,7 +197,8 @@ class DISARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # connectGui fills the combo boxes with the stored names; the connector reads by
             # index, so the shown text is free for a readable label.
             relabel_choices([self.ui.metricComboBox, self.ui.mapMetricComboBox, self.ui.transformModelComboBox,
-                             self.ui.searchComboBox, self.ui.deviceComboBox, self.ui.precisionComboBox])
+                             self.ui.searchComboBox, self.ui.searchPresetComboBox, self.ui.deviceComboBox,
+                             self.ui.precisionComboBox])
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
             self._updateGUI()
 
@@ -208,6 +212,7 @@ class DISARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         self.ui.advancedCollapsibleButton, self.ui.outputsCollapsibleButton):
             section.enabled = not busy  # a run uses the settings it started with
         self.ui.metricExpressionLineEdit.enabled = p.metric == "combined"
+        self.ui.searchPresetComboBox.enabled = p.search == "global"
         self.ui.searchRotationSliderWidget.enabled = p.search == "global"
         self.ui.searchTranslationSliderWidget.enabled = p.search == "global"
         self.ui.updateFREButton.enabled = bool(p.fixedLandmarks and p.movingLandmarks) and not busy
@@ -360,6 +365,12 @@ class DISARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for compositeNode in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
             compositeNode.SetForegroundOpacity(value)
 
+    def onSearchPresetChosen(self, index):
+        """A preset the user chose sets both search ranges (the sliders can then override them)."""
+        if self._parameterNode is not None:
+            rotation, translation = SEARCH_PRESETS[list(SEARCH_PRESETS)[index]]
+            self._parameterNode.searchRotation, self._parameterNode.searchTranslation = rotation, translation
+
 
 #
 # DISARegistrationLogic
@@ -424,7 +435,7 @@ class DISARegistrationLogic(ScriptedLoadableModuleLogic):
         return dict(
             fixedVolumeNode=p.fixedVolume, movingVolumeNode=p.movingVolume,
             metric=p.metricExpression.strip() if p.metric == "combined" else p.metric,
-            transform=p.transformModel, search=p.search,
+            transform=p.transformModel, search=p.search, searchPreset=p.searchPreset,
             initialTransformNode=p.initialTransform, outputTransformNode=p.outputTransform,
             outputVolumeNode=p.outputVolume, searchRotation=p.searchRotation,
             searchTranslation=p.searchTranslation, resolution=p.resolution or None,

@@ -86,7 +86,7 @@ def test_defaults_are_the_engines(pair):
 
     signature = inspect.signature(RegistrationLogic.register).parameters
     for logic_name, engine_name in (("metric", "metric"), ("transform", "transform"), ("search", "search"),
-                                    ("searchRotation", "search_rotation"),
+                                    ("searchPreset", "search_preset"), ("searchRotation", "search_rotation"),
                                     ("searchTranslation", "search_translation"), ("seed", "seed"),
                                     ("precision", "precision")):
         assert signature[logic_name].default == getattr(DEFAULTS, engine_name), logic_name

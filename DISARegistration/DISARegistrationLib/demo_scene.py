@@ -23,8 +23,8 @@ SCENE_NAMES = {"fixed": "Case24-US", "moving": "Case24-T1-perturbed", "transform
 
 #: The CLI's engine argument names that RegistrationLogic.register spells differently (the rest,
 #: e.g. spacings or optimizer, it passes to the engine unchanged).
-LOGIC_NAMES = {"search_rotation": "searchRotation", "search_translation": "searchTranslation",
-               "max_evals": "maxEvaluations", "weights": "weightsPath"}
+LOGIC_NAMES = {"search_preset": "searchPreset", "search_rotation": "searchRotation",
+               "search_translation": "searchTranslation", "max_evals": "maxEvaluations", "weights": "weightsPath"}
 
 #: What to install when slicer-core is missing (one line, as the command line prints it).
 INSTALL_HINT = ("--scene needs Slicer's MRML library without Qt, the slicer-core wheel: "

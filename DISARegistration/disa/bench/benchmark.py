@@ -26,7 +26,7 @@ METHODS = ("disa", "lc2", "mind", "mi", "sitk-mi", "elastix")
 ENGINE_METHODS = ("disa", "lc2", "mind", "mi")
 OPTIMIZERS = {
     "disa": "global search + L-BFGS, 2 levels",
-    "lc2": "global search + BOBYQA, 2 levels",
+    "lc2": "local search (BOBYQA), 2 levels",
     "mind": "global search + L-BFGS, 2 levels",
     "mi": "global search + L-BFGS, 2 levels",
     "sitk-mi": "RSGD, 3 levels",
@@ -543,8 +543,9 @@ def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval:
         "centre. sitk-mi is not initialized with CenteredTransformInitializer(GEOMETRY): the MR was resliced onto "
         "the ultrasound grid, so aligning the box centres would undo the perturbation's translation exactly, an "
         "oracle no real case offers.",
-        "disa/lc2/mind/mi: disa.registration.register with its defaults (global search of 256 poses within +-10 deg/"
-        "+-15 mm at 2 mm, best 4 refined, then 1 mm; automatic ultrasound fan mask).",
+        "disa/lc2/mind/mi: disa.registration.register with its defaults (global search, brain preset: 500 poses "
+        "within +-10 deg/+-25 mm at 2 mm, the best refined briefly, a narrow second round, re-scored at 1 mm, best 4 "
+        "refined, then 1 mm; lc2 searches locally; automatic ultrasound fan mask).",
         "sitk-mi: SimpleITK ImageRegistrationMethod, Mattes MI (50 bins), random sampling 15% (fixed seed), "
         "linear interpolation, Euler3DTransform, RegularStepGradientDescent (learning rate 2, min step 1e-4, "
         "200 iterations, relaxation 0.5) with physical-shift scales, shrink 4/2/1, smoothing 2/1/0 voxels.",

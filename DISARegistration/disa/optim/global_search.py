@@ -54,14 +54,14 @@ class PoseSampler:
         return model.with_rigid_offsets(np.asarray(x0, dtype=np.float64), self.offsets())
 
 
-def global_search(similarity: Callable[[torch.Tensor], torch.Tensor], poses: np.ndarray, *, top_k: int = 4,
-                  monitor: Optional[Monitor] = None, batch: int = 8) -> np.ndarray:
-    """The ``top_k`` best of the (n, n_params) ``poses``, best first, as (top_k, n_params)."""
+def score_poses(similarity: Callable[[torch.Tensor], torch.Tensor], poses: np.ndarray, *,
+                monitor: Optional[Monitor] = None, batch: int = 8) -> np.ndarray:
+    """(n,) similarities of the (n, n_params) ``poses``, scored ``batch`` at a time (pass the
+    objective's own chunk, so scores do not depend on the batch) with a cancel check before each:
+    32 LC² poses at once take seconds on a busy CPU. Each scored pose counts as a start done."""
     poses = np.asarray(poses, dtype=np.float64)
     scores = []
     with torch.no_grad():
-        # Batches of ``batch`` poses (pass the objective's own chunk, so scores are unchanged),
-        # with a cancel check before each: 32 LC² poses at once take seconds on a busy CPU.
         for part in torch.as_tensor(poses).split(batch):
             if monitor is not None:
                 monitor.check()
@@ -70,6 +70,18 @@ def global_search(similarity: Callable[[torch.Tensor], torch.Tensor], poses: np.
             if monitor is not None:
                 for v in s:
                     monitor.evaluated(-float(v))
-    scores = np.concatenate(scores)
-    order = np.argsort(-scores, kind="stable")
-    return poses[order[:top_k]]
+                    monitor.start_done()
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def best_first(scores: np.ndarray) -> np.ndarray:
+    """Indices of ``scores`` from best to worst; ties keep their order (deterministic)."""
+    return np.argsort(-np.asarray(scores), kind="stable")
+
+
+def global_search(similarity: Callable[[torch.Tensor], torch.Tensor], poses: np.ndarray, *, top_k: int = 4,
+                  monitor: Optional[Monitor] = None, batch: int = 8) -> np.ndarray:
+    """The ``top_k`` best of the (n, n_params) ``poses``, best first, as (top_k, n_params)."""
+    poses = np.asarray(poses, dtype=np.float64)
+    scores = score_poses(similarity, poses, monitor=monitor, batch=batch)
+    return poses[best_first(scores)[:top_k]]

@@ -3,10 +3,10 @@ bad value is refused with one clear line before any work starts, whichever entry
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from ..errors import InputError
-from .defaults import PRECISIONS, SEARCHES, TRANSFORMS
+from .defaults import DEFAULTS, PRECISIONS, SEARCH_PRESETS, SEARCHES, TRANSFORMS
 
 #: Working spacings above this (mm) leave too few voxels for any medical volume.
 MAX_SPACING_MM = 100.0
@@ -68,14 +68,26 @@ def check_choice(name: str, value, choices: Sequence[str]) -> str:
     return text
 
 
+def search_ranges(preset, rotation=None, translation=None) -> Tuple[float, float]:
+    """(+- degrees, +- mm) of a global search: the preset's, each overridden when given."""
+    name = check_choice("search preset", preset, tuple(SEARCH_PRESETS))
+    rot, mm = SEARCH_PRESETS[name]
+    return (check_range("search rotation", rot if rotation is None else rotation, MAX_ROTATION_DEG),
+            check_range("search translation", mm if translation is None else translation, MAX_TRANSLATION_MM))
+
+
 def check_settings(transform, search, search_rotation, search_translation, search_samples, search_starts,
-                   spacings: Optional[Sequence], max_evals, seed, precision) -> dict:
-    """Every setting of ``register`` that has a valid range, checked and normalized."""
+                   spacings: Optional[Sequence], max_evals, seed, precision,
+                   search_preset=DEFAULTS.search_preset) -> dict:
+    """Every setting of ``register`` that has a valid range, checked and normalized; the search
+    ranges resolved (``search_rotation``/``search_translation`` None: the preset's)."""
+    search_rotation, search_translation = search_ranges(search_preset, search_rotation, search_translation)
     return dict(
         transform=check_choice("transform", transform, TRANSFORMS),
         search=check_choice("search", search, SEARCHES),
-        search_rotation=check_range("search rotation", search_rotation, MAX_ROTATION_DEG),
-        search_translation=check_range("search translation", search_translation, MAX_TRANSLATION_MM),
+        search_preset=str(search_preset).lower(),
+        search_rotation=search_rotation,
+        search_translation=search_translation,
         search_samples=check_int("search samples", search_samples, 1, MAX_SEARCH_SAMPLES),
         search_starts=check_int("search starts", search_starts, 1, MAX_SEARCH_SAMPLES),
         spacings=None if spacings is None else check_spacings(spacings),
