@@ -112,13 +112,19 @@ class RegistrationLogic:
                  search=DEFAULTS.search, initialTransformNode=None, outputTransformNode=None, outputVolumeNode=None,
                  searchRotation=DEFAULTS.search_rotation, searchTranslation=DEFAULTS.search_translation,
                  resolution=None, maxEvaluations=None, seed=DEFAULTS.seed, precision=DEFAULTS.precision,
-                 weightsPath=None, progress=None, cancel=None, **engineOptions):
+                 weightsPath=None, searchPreset=DEFAULTS.search_preset, progress=None, cancel=None,
+                 **engineOptions):
         """Register ``movingVolumeNode`` to ``fixedVolumeNode``; returns the output transform node.
 
         Defaults are the engine's (``disa.registration.defaults.DEFAULTS``), as for ``disa register``.
         ``metric``: mind, lc2, disa, mi, ncc, lncc, ngf, mse (any case) or a weighted sum
-        ("0.5*lc2+0.5*mind"). ``transform``: rigid or affine. ``search``: "global" (+-``searchRotation``
-        degrees, +-``searchTranslation`` mm first) or "local" (from the start pose). The start pose
+        ("0.5*lc2+0.5*mind"). ``transform``: rigid, affine or pressure (rigid + the compression under
+        the ultrasound probe; the node then holds the rigid part after a displacement field, and the
+        probe is found from the fixed volume's field of view unless ``probe_position`` and
+        ``probe_direction`` are given as engine options, LPS mm in the fixed volume's own frame).
+        ``search``: "global" (+-``searchRotation``
+        degrees, +-``searchTranslation`` mm first; None: those of ``searchPreset``, "brain" or "abdomen",
+        see ``disa.registration.defaults.SEARCH_PRESETS``) or "local" (from the start pose). The start pose
         is ``initialTransformNode`` (moving -> world, as Slicer shows it) or where the moving volume
         is shown now. ``resolution``: finest working spacing in mm (levels 2r and r), or a list of
         spacings, coarse to fine; None chooses from the image size. ``maxEvaluations``: per level
@@ -126,7 +132,8 @@ class RegistrationLogic:
         seed gives the same matrix, bit for bit). ``precision``: of DISA descriptors (float32;
         bfloat16, or float16 on CUDA). ``weightsPath``: a DISA weights file (checked against the
         .json model card beside it; default: the shipped weights). ``progress(stage, fraction,
-        message)``; ``cancel``: callable returning True, or a threading.Event (raises
+        message)``: the message names the search stage or level, the starts done out of all and the best
+        similarity so far (the panel's status line; a "note" stage says that lc2 searches locally); ``cancel``: callable returning True, or a threading.Event (raises
         disa.errors.CancelledError). ``engineOptions`` go to ``disa.registration.register``
         unchanged (optimizer, search_samples, search_starts, fixed_mask, ...).
 
@@ -174,7 +181,7 @@ class RegistrationLogic:
 
     def _prepare(self, fixedVolumeNode, movingVolumeNode, metric, transform, search, initialTransformNode,
                  outputTransformNode, outputVolumeNode, searchRotation, searchTranslation, resolution,
-                 maxEvaluations, seed, precision, weightsPath, engineOptions) -> _Run:
+                 maxEvaluations, seed, precision, weightsPath, searchPreset, engineOptions) -> _Run:
         from disa.registration.options import check_settings
         from disa.registration.pipeline import resolve_device
         from disa.spatial.image import check_image
@@ -192,7 +199,8 @@ class RegistrationLogic:
         if outputTransformNode is not None:
             if not outputTransformNode.IsA("vtkMRMLTransformNode"):
                 raise InputError(f"output transform '{outputTransformNode.GetName()}' is not a transform node")
-            if not outputTransformNode.IsLinear():  # checked now rather than after a long run
+            # checked now rather than after a long run; a probe-pressure result replaces any content
+            if not outputTransformNode.IsLinear() and str(transform).lower() != "pressure":
                 raise InputError(f"output transform '{outputTransformNode.GetName()}' is not linear; choose a "
                                  "linear transform node for a rigid or affine result")
             if _isUnder(fixedNode, outputTransformNode):
@@ -205,7 +213,8 @@ class RegistrationLogic:
         settings = check_settings(transform, search, searchRotation, searchTranslation,
                                   engineOptions.get("search_samples", DEFAULTS.search_samples),
                                   engineOptions.get("search_starts", DEFAULTS.search_starts),
-                                  spacings or engineOptions.get("spacings"), maxEvaluations, seed, precision)
+                                  spacings or engineOptions.get("spacings"), maxEvaluations, seed, precision,
+                                  searchPreset)
         resolve_device(self.device)  # a missing GPU is reported now, not from the worker
         similarity, metricName = self._similarity(metric, weightsPath, settings["precision"], settings["seed"])
 
@@ -224,6 +233,7 @@ class RegistrationLogic:
 
         engine = dict(fixed=fixedImage, moving=movingImage, metric=similarity, transform=settings["transform"],
                       initial=worldToMoving @ fixedToWorld, search=settings["search"],
+                      search_preset=settings["search_preset"],
                       search_rotation=settings["search_rotation"], search_translation=settings["search_translation"],
                       max_evals=settings["max_evals"], seed=settings["seed"], precision=settings["precision"],
                       device=self.device, threads=self.threads, resample=outputVolumeNode is not None)
@@ -247,7 +257,8 @@ class RegistrationLogic:
         if cancel is not None and cancel():
             raise CancelledError("registration cancelled")
         with torch_threads(kwargs["threads"]):
-            return result, resample_image(kwargs["moving"], kwargs["fixed"], result.matrix)
+            return result, resample_image(kwargs["moving"], kwargs["fixed"], result.matrix, displacement=(
+                None if result.compression is None else result.compression.displacement))
 
     def _finish(self, run: _Run, engineResult):
         """Write a finished run into the scene (on the scene's thread); returns the transform node."""
@@ -261,8 +272,13 @@ class RegistrationLogic:
             name = f"{run.movingNode.GetName()} to {run.fixedNode.GetName()}"
             node = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", self.scene.GenerateUniqueName(name))
         # World -> moving local, expressed relative to the output transform's own parent.
-        worldMatrix = result.matrix @ np.linalg.inv(run.fixedToWorld) @ bridge.local_to_world_lps(node)
-        bridge.set_linear_transform_node_from_itk(node, worldMatrix)
+        if result.compression is None:
+            worldMatrix = result.matrix @ np.linalg.inv(run.fixedToWorld) @ bridge.local_to_world_lps(node)
+            bridge.set_linear_transform_node_from_itk(node, worldMatrix)
+        else:  # probe pressure: parent frame -> fixed frame, the compression there, then the rigid part
+            toFixed = np.linalg.inv(run.fixedToWorld) @ bridge.local_to_world_lps(node)
+            bridge.set_composite_transform_node_from_itk(node, result.matrix, result.compression.field(),
+                                                         None if np.allclose(toFixed, np.eye(4)) else toFixed)
         bridge.set_registration_references(node, run.fixedNode, run.movingNode)
         if run.outputVolumeNode is not None and resampled is not None:
             bridge.update_volume_node_from_image(run.outputVolumeNode, resampled)

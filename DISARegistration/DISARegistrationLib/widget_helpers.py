@@ -7,6 +7,8 @@ import numbers
 
 import numpy as np
 
+from disa.registration.defaults import SEARCH_PRESETS
+
 __all__ = ["format_measures", "map_point_ras", "show_table", "CHOICE_LABELS", "relabel_choices"]
 
 
@@ -54,9 +56,11 @@ CHOICE_LABELS = {
     "mi": "Mutual information", "ncc": "Normalized cross-correlation", "lncc": "Local NCC",
     "ngf": "Normalized gradient fields", "mse": "Mean squared difference", "combined": "Weighted combination",
     "rigid": "Rigid (6 parameters)", "affine": "Affine (12 parameters)",
+    "pressure": "Rigid + probe pressure (8 parameters)",
     "global": "Global (many starting poses)", "local": "Local (from the current pose)",
     "auto": "Automatic (GPU when available)", "cpu": "CPU", "cuda": "CUDA GPU",
     "float32": "float32 (reference)", "bfloat16": "bfloat16 (faster)", "float16": "float16 (CUDA GPU only)",
+    **{name: f"{name.capitalize()} (±{rot:g}°, ±{mm:g} mm)" for name, (rot, mm) in SEARCH_PRESETS.items()},
 }
 
 

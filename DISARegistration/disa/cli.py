@@ -13,7 +13,7 @@ import time
 from typing import List, Optional
 
 from .errors import CancelledError, DISAError, InputError, existing_file
-from .registration.defaults import DEFAULTS, FIXED_MASKS, PRECISIONS, SEARCHES, TRANSFORMS
+from .registration.defaults import DEFAULTS, FIXED_MASKS, PRECISIONS, SEARCH_PRESETS, SEARCHES, TRANSFORMS
 from .registration.options import (MAX_EVALS, MAX_ROTATION_DEG, MAX_SEARCH_SAMPLES, MAX_SEED, MAX_TRANSLATION_MM,
                                    check_int, check_range, check_spacings)
 
@@ -24,23 +24,29 @@ METRICS_HELP = ("similarity: lc2 (exact LC2, BOBYQA), disa (learned DISA-LC2 des
 
 
 class TerminalProgress:
-    """Progress on stderr: one rewritten line on a terminal, a line per second otherwise."""
+    """Progress on stderr: a bar and the stage's line (search stage or level, starts done out of
+    all, best similarity so far), rewritten in place on a terminal; otherwise a line per second
+    and at every new stage. A "note" stage is printed on a line of its own."""
 
     def __init__(self, stream=sys.stderr, quiet: bool = False):
         self.stream, self.quiet = stream, quiet
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.last = 0.0
+        self.stage = None
 
     def __call__(self, stage: str, fraction: float, message: str):
         if self.quiet:
             return
         now = time.perf_counter()
-        if self.tty:
+        new_stage, self.stage = stage != self.stage, stage
+        if stage == "note":
+            self.stream.write(f"disa: {message}\n")
+        elif self.tty:
             bar = "#" * int(30 * fraction)
             self.stream.write(f"\r[{bar:<30}] {100 * fraction:3.0f}% {message[:90]:<90}")
             if stage == "done":
                 self.stream.write("\n")
-        elif stage == "done" or now - self.last >= 1.0:
+        elif new_stage or stage == "done" or now - self.last >= 1.0:
             self.stream.write(f"[{100 * fraction:3.0f}%] {message}\n")
             self.last = now
         self.stream.flush()
@@ -105,25 +111,49 @@ DEGREES = _checked(lambda t: check_range("the range", t, MAX_ROTATION_DEG), "deg
 MILLIMETRES = _checked(lambda t: check_range("the range", t, MAX_TRANSLATION_MM), "millimetres")
 
 
+def _coordinate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"{text!r} is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise InputError(f"coordinates must be finite, got {text!r}")
+    return value
+
+
+COORDINATE = _checked(_coordinate, "coordinate")
+
+
 def _add_registration_options(p: argparse.ArgumentParser):
     d = DEFAULTS
     p.add_argument("--metric", default=d.metric, type=_checked(_metric, "metric"),
                    help=METRICS_HELP + f"; any case (default {d.metric}, the best-validated measure)")
     p.add_argument("--transform", default=d.transform, choices=TRANSFORMS,
-                   help="transform model: rigid (6 parameters) or affine (12), about the fixed image centre")
+                   help="transform model: rigid (6 parameters), affine (12), about the fixed image centre, or "
+                        "pressure: rigid + 2 parameters of the tissue compression under the ultrasound probe "
+                        "(amplitude and decay depth, mm), the fixed image being the ultrasound")
+    p.add_argument("--probe-position", type=COORDINATE, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="with --transform pressure: a point of the probe's contact surface in the fixed image, "
+                        "LPS mm like every coordinate of disa (Slicer shows RAS: negate X and Y); default: the "
+                        "top of the ultrasound's field of view")
+    p.add_argument("--probe-direction", type=COORDINATE, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                   help="with --transform pressure: the probe axis, pointing into the tissue, LPS; default: "
+                        "found from the fan shape of the ultrasound's field of view")
     p.add_argument("--optimizer", choices=["bobyqa", "lbfgs"], default=None,
                    help="local optimizer (default: bobyqa for lc2, lbfgs for the differentiable measures)")
     p.add_argument("--search", choices=SEARCHES, default=d.search,
-                   help="global: score --search-samples poses around the start on the coarsest level and "
-                        "optimize from the best few; local: one local optimization from the start "
-                        f"(default {d.search})")
+                   help="global: score --search-samples poses around the start on the coarsest level, narrow "
+                        "them coarse to fine and optimize from the best few; local: one local optimization "
+                        f"from the start (default {d.search}; exact lc2 alone always searches locally)")
+    presets = ", ".join(f"{name} (+-{rot:g} deg, +-{mm:g} mm)" for name, (rot, mm) in SEARCH_PRESETS.items())
+    p.add_argument("--search-preset", choices=tuple(SEARCH_PRESETS), default=d.search_preset,
+                   help=f"global search ranges: {presets} (default {d.search_preset})")
     p.add_argument("--search-rotation", type=DEGREES, default=d.search_rotation, metavar="DEG",
-                   help=f"global search range of each rotation component, +- degrees (default {d.search_rotation:g})")
+                   help="global search range of each rotation component, +- degrees (default: the preset's)")
     p.add_argument("--search-translation", type=MILLIMETRES, default=d.search_translation, metavar="MM",
-                   help="global search range of each translation component, +- mm "
-                        f"(default {d.search_translation:g})")
+                   help="global search range of each translation component, +- mm (default: the preset's)")
     p.add_argument("--search-samples", type=COUNT, default=d.search_samples, metavar="N",
-                   help=f"poses scored by the global search (default {d.search_samples})")
+                   help=f"starting poses scored by the global search (default {d.search_samples})")
     p.add_argument("--search-starts", type=COUNT, default=d.search_starts, metavar="N",
                    help=f"best poses of the global search optimized locally (default {d.search_starts})")
     p.add_argument("--spacings", type=_checked(_spacings, "spacings"), default=None, metavar="MM[,MM...]",
@@ -152,10 +182,11 @@ def _add_registration_options(p: argparse.ArgumentParser):
 
 def _registration_kwargs(args) -> dict:
     return dict(metric=args.metric, transform=args.transform, optimizer=args.optimizer, search=args.search,
-                search_rotation=args.search_rotation, search_translation=args.search_translation,
+                search_preset=args.search_preset, search_rotation=args.search_rotation, search_translation=args.search_translation,
                 search_samples=args.search_samples, search_starts=args.search_starts, spacings=args.spacings,
                 max_evals=args.max_evals, fixed_mask=args.fixed_mask, precision=args.precision,
                 weights=args.weights, device=args.device, threads=args.threads, seed=args.seed,
+                probe_position=args.probe_position, probe_direction=args.probe_direction,
                 progress=TerminalProgress(quiet=args.quiet))
 
 
@@ -234,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DISA network weights to benchmark instead of the shipped ones (.pt with its .json "
                         "model card, as disa train writes them)")
     p.set_defaults(func=cmd_benchmark)
+    from .bench.capture_cli import add_capture_parser  # `disa benchmark capture` (argparse only)
+    from .cases.cli import add_synth_parser  # `disa synth` (argparse only)
+
+    add_capture_parser(p)
+    add_synth_parser(sub)
 
     from .train import add_train_arguments  # argparse only; torch loads when the command runs
 
@@ -260,13 +296,17 @@ def cmd_register(args) -> int:
                            "--json": args.json},
                           inputs={"--fixed": args.fixed, "--moving": args.moving,
                                   "--initial-transform": args.initial_transform, "--weights": args.weights})
+    from .transforms.probe_pressure import check_probe
+
+    check_probe(args.transform, args.probe_position, args.probe_direction)  # before the images are read
     result = register_files(args.fixed, args.moving, args.initial_transform, **_registration_kwargs(args))
     with outputs.staged() as staged:  # all outputs or none
         result.save_transform(staged["--output-transform"])
         if args.output_volume:
             from .transforms.itk_io import write_resampled
 
-            write_resampled(args.moving, args.fixed, result.matrix, staged["--output-volume"])
+            transform = result.matrix if result.compression is None else result.sitk_transform()
+            write_resampled(args.moving, args.fixed, transform, staged["--output-volume"])
         if args.json:
             write_json(staged["--json"], result.as_dict())
     print(result.summary())
@@ -280,12 +320,12 @@ def cmd_evaluate(args) -> int:
 
     from .evaluate import error_statistics, format_statistics, read_landmarks, registration_errors
     from .outputs import OutputFiles
-    from .transforms.itk_io import read_itk_transform
+    from .transforms.itk_io import read_itk_mapping
 
     outputs = OutputFiles({"--json": args.json}, inputs={
         "--transform": args.transform, "--fixed-landmarks": _landmark_file(args.fixed_landmarks),
         "--moving-landmarks": _landmark_file(args.moving_landmarks)})
-    matrix = np.eye(4) if args.transform is None else read_itk_transform(args.transform)
+    matrix = np.eye(4) if args.transform is None else read_itk_mapping(args.transform)  # or a function
     fixed = read_landmarks(args.fixed_landmarks)
     moving = read_landmarks(args.moving_landmarks)
     errors = registration_errors(matrix, fixed, moving)

@@ -36,13 +36,23 @@ class Monitor:
         self.fraction = (0.0, 1.0)
         self.budget = 1
         self.evals = 0
+        #: Objective evaluations of the whole run (``evals`` restarts with every stage).
+        self.total = 0
         self.best = np.inf
+        self.starts = self.starts_done = 0
         self.started = time.perf_counter()
         self._last_report = 0.0
 
-    def begin(self, stage: str, start: float, end: float, budget: int):
+    def begin(self, stage: str, start: float, end: float, budget: int, starts: int = 0):
+        """A new stage over progress ``start``..``end`` with ``budget`` evaluations; ``starts``: the
+        poses it handles (scored or optimized), reported as "done/starts" (``start_done``)."""
         self.stage, self.fraction, self.budget, self.evals, self.best = stage, (start, end), max(budget, 1), 0, np.inf
+        self.starts, self.starts_done = starts, 0
         self.report(force=True)
+
+    def start_done(self, count: int = 1):
+        self.starts_done += count
+        self.report()
 
     def check(self):
         if self.cancel is not None and self.cancel():
@@ -51,6 +61,7 @@ class Monitor:
     def evaluated(self, cost: float):
         self.check()
         self.evals += 1
+        self.total += 1
         self.best = min(self.best, float(cost))
         self.report()
 
@@ -64,5 +75,7 @@ class Monitor:
         a, b = self.fraction
         frac = a + (b - a) * min(self.evals / self.budget, 1.0)
         best = "" if not np.isfinite(self.best) else f", best similarity {-self.best:.4f}"
-        self.progress(self.stage, frac, f"{self.stage}: {self.evals} evaluations{best}, "
+        done = f"{self.starts_done}/{self.starts} starts" if self.starts else ""
+        evals = "" if self.starts == self.budget else f"{self.evals} evaluations"  # scoring: one per start
+        self.progress(self.stage, frac, f"{self.stage}: {', '.join(filter(None, (done, evals)))}{best}, "
                                         f"{now - self.started:.1f} s")

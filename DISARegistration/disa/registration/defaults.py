@@ -7,8 +7,14 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 #: Choices of the options that take names.
-TRANSFORMS = ("rigid", "affine")
+#: ``pressure``: rigid + the compression under an ultrasound probe (disa.transforms.probe_pressure).
+TRANSFORMS = ("rigid", "affine", "pressure")
 SEARCHES = ("global", "local")
+#: Named global-search ranges: +- degrees about and +- mm along each axis. ``brain``: an
+#: intra-operative brain ultrasound roughly placed by navigation; ``abdomen``: an abdominal
+#: sweep whose placement is only known to the organ. ``--search-rotation``/``--search-translation``
+#: override either number.
+SEARCH_PRESETS = {"brain": (10.0, 25.0), "abdomen": (40.0, 150.0)}
 #: Descriptor precision: float32 everywhere; bfloat16 (CPU or CUDA) and float16 (CUDA) are
 #: faster but change the result slightly (2.06 mm vs 1.89 mm on the DISA demo).
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -27,10 +33,11 @@ class RegistrationDefaults:
     metric: str = "mind"
     transform: str = "rigid"
     search: str = "global"
-    search_rotation: float = 10.0     # +- degrees per rotation component
-    search_translation: float = 15.0  # +- mm per translation component
-    search_samples: int = 256
-    search_starts: int = 4
+    search_preset: str = "brain"      # the ranges of SEARCH_PRESETS[search_preset] ...
+    search_rotation: Optional[float] = None     # ... unless given: +- degrees per rotation component
+    search_translation: Optional[float] = None  # ... and +- mm per translation component
+    search_samples: int = 500         # starting poses scored (the start itself included)
+    search_starts: int = 4            # of them, optimized through every level
     seed: int = 0
     precision: str = "float32"
     device: str = "auto"

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..optim import OPTIMIZERS, Monitor, PoseSampler, global_search
+from ..optim import OPTIMIZERS, Monitor, PoseSampler
 from ..optim.base import ProgressCallback
 from ..similarity import MetricSpec, parse_metric
 from ..similarity.spec import REGISTRY
@@ -26,11 +26,14 @@ from ..spatial import Image, foreground_mask, normalize_intensity, resample_to_s
 from ..spatial.image import VolumeInfo as Volume, check_image
 from ..threads import machine_threads, torch_threads
 from ..transforms import make_model
+from ..transforms.linear import Rigid
+from ..transforms.probe_pressure import ProbePressure, check_probe
 from .defaults import DEFAULTS
 from .memory import check_memory, estimate_bytes
 from .objective import Objective
 from .options import check_int, check_settings, check_spacings
 from .result import LevelReport, RegistrationResult  # noqa: F401  (the result types live there)
+from .search import SEARCH_PROGRESS, distinct, global_starts, search_bounds
 
 #: The optimizer each similarity uses unless told otherwise: BOBYQA for measures evaluated
 #: without gradients (LC²), L-BFGS for differentiable ones.
@@ -40,6 +43,9 @@ DEFAULT_OPTIMIZER = {"lc2": "bobyqa"}
 #: approximation noise: it costs ~2x the evaluations and moved no result closer on Case 24.
 LBFGS_TOLERANCES = {"disa": {"ftol": 1e-6, "gtol": 1e-5}}
 
+#: What a run with exact LC² alone and a global search says: it searches locally instead.
+LC2_LOCAL_NOTE = ("lc2: local search from the start pose (exact LC² is too slow for a global search; "
+                  "use mind or disa for one)")
 #: Share of the fixed foreground that must map into the moving image at the start.
 MIN_INITIAL_OVERLAP = 0.10
 
@@ -91,10 +97,11 @@ def content_extent(image: Image, mask) -> Optional[float]:
 
 def _bounds(model, x0: np.ndarray):
     half = np.empty(model.n_params)
-    half[:3] = BOUNDS["rotation"] if model.name == "rigid" else BOUNDS["affine"]
+    half[:3] = BOUNDS["rotation"] if isinstance(model, Rigid) else BOUNDS["affine"]
     half[3:6] = BOUNDS["translation"]
     half[6:] = BOUNDS["affine"]
-    return list(zip(x0 - half, x0 + half))
+    bounds = list(zip(x0 - half, x0 + half))
+    return bounds[:6] + model.compression_bounds() if isinstance(model, ProbePressure) else bounds
 
 
 def prepare_image(image: Image, name: str, mask: Union[str, torch.Tensor, None] = "auto") -> Image:
@@ -111,22 +118,29 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
              optimizer: Optional[str] = None, spacings: Optional[Sequence[float]] = None,
              max_evals: Optional[int] = None, device: str = DEFAULTS.device, seed: int = DEFAULTS.seed,
              fixed_mask=DEFAULTS.fixed_mask, moving_mask="auto", oversample: int = 2,
-             search: str = DEFAULTS.search, search_rotation: float = DEFAULTS.search_rotation,
-             search_translation: float = DEFAULTS.search_translation,
+             search: str = DEFAULTS.search, search_preset: str = DEFAULTS.search_preset,
+             search_rotation: Optional[float] = DEFAULTS.search_rotation,
+             search_translation: Optional[float] = DEFAULTS.search_translation,
              search_samples: int = DEFAULTS.search_samples, search_starts: int = DEFAULTS.search_starts,
              precision: str = DEFAULTS.precision, weights=None, threads: Optional[int] = DEFAULTS.threads,
+             probe_position: Optional[Sequence[float]] = None, probe_direction: Optional[Sequence[float]] = None,
              progress: Optional[ProgressCallback] = None, cancel: Optional[Callable[[], bool]] = None,
              ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` and return the fixed -> moving LPS matrix.
 
     Defaults come from ``disa.registration.defaults.DEFAULTS``. ``metric``: a name (lc2, mind,
     mi, ncc, lncc, ngf, mse, disa; any case), a weighted sum such as ``"0.5*lc2+0.5*mind"``, a
-    parsed MetricSpec or a Similarity. ``transform``: rigid or affine. ``initial``: a 4x4
+    parsed MetricSpec or a Similarity. ``transform``: rigid, affine or pressure (rigid plus the
+    compression under an ultrasound probe, ``disa.transforms.probe_pressure``; the probe at
+    ``probe_position`` looking along ``probe_direction``, fixed-image LPS mm, or found from the
+    fixed image's field of view; ``result.matrix`` is then the rigid part). ``initial``: a 4x4
     fixed -> moving matrix to start from (identity by default). ``spacings``: working spacings
     in mm, coarse to fine. ``search``: "local" starts one local optimization at the initial
     pose; "global" first scores ``search_samples`` poses within +-``search_rotation`` degrees and
-    +-``search_translation`` mm on the coarsest level and optimizes locally from the best
-    ``search_starts`` of them. ``oversample``: the moving features live on a grid this many times
+    +-``search_translation`` mm (None: those of ``search_preset``, brain or abdomen, see
+    ``defaults.SEARCH_PRESETS``) on the coarsest level, narrows them coarse to fine and optimizes
+    locally from the best ``search_starts`` of them (``registration/search.py``); exact LC² alone
+    searches locally. ``oversample``: the moving features live on a grid this many times
     finer than the working spacing (see ``moving_level``). ``precision``: of DISA descriptors
     (float32; bfloat16, or float16 on CUDA, on request). ``weights``: a DISA weights file.
     ``threads``: CPU threads of the run (None: every CPU of the machine); the result depends on
@@ -142,7 +156,8 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
     with torch_threads(n_threads):
         started = time.perf_counter()
         settings = check_settings(transform, search, search_rotation, search_translation, search_samples,
-                                  search_starts, spacings or None, max_evals, seed, precision)
+                                  search_starts, spacings or None, max_evals, seed, precision, search_preset)
+        probe = check_probe(settings["transform"], probe_position, probe_direction)
         dev = resolve_device(device)
         if settings["precision"] == "float16" and dev.type != "cuda":
             raise InputError("float16 precision needs a CUDA device; use float32 or bfloat16 on a CPU")
@@ -159,25 +174,48 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
         monitor = Monitor(progress, cancel)
         fixed, moving = prepare_pair(fixed, moving, spacings, oversample, fixed_mask, moving_mask,
                                      measure_names(similarity), monitor)
-        model = make_model(settings["transform"], fixed.center())
+        model = (ProbePressure.for_image(fixed, *probe) if settings["transform"] == "pressure"
+                 else make_model(settings["transform"], fixed.center()))
         x = model.identity()
+        search = settings["search"]
+        if search == "global" and base == "lc2":  # exact LC² alone stays local, as in the DISA paper
+            search = "local"
+            if progress is not None:
+                progress("note", 0.0, LC2_LOCAL_NOTE)
         bounds = _bounds(model, x)
+        if search == "global":  # every sampled start and the steps beyond it lie inside
+            bounds = search_bounds(bounds, model, settings["search_rotation"], settings["search_translation"])
         reports: List[LevelReport] = []
         initial_similarity = final_similarity = float("nan")
 
         evals = settings["max_evals"] or default_evals(opt_name, model)
         survivors = [x]  # the poses carried to the next level, best first
-        search = settings["search"]
+        objectives = {}  # level -> Objective, built on first use (the global search looks one level ahead)
+
+        def objective_at(level: int) -> Objective:
+            if level not in objectives:
+                spacing = spacings[level]
+                f_level = resample_to_spacing(fixed, spacing).to(dev)
+                monitor.check()
+                m_level = moving_level(moving, spacing, oversample if similarity.oversampled_moving else 1).to(dev)
+                monitor.check()
+                prepared = similarity.at_scale(min(spacings) / spacing).prepare(f_level, m_level)
+                monitor.check()
+                objectives[level] = Objective(prepared, f_level, m_level, model, initial)
+            return objectives[level]
+
+        def optimize(objective: Objective, start: np.ndarray, max_evals: int, level: int):
+            # A sparse objective (a few hundred DISA points) is all per-call overhead: extra
+            # threads only contend (OpenMP and MKL pools on few cores made DISA's L-BFGS 2x slower).
+            with torch_threads(1 if objective.points is not None and dev.type == "cpu" else None):
+                return minimize(lambda p: -objective.similarity(p), start, max_evals=max_evals, bounds=bounds,
+                                monitor=monitor, **optimizer_scale(opt_name, spacings[level], level, base))
+
         for level, spacing in enumerate(spacings):
             t0 = time.perf_counter()
             stage = f"level {level + 1}/{len(spacings)} ({spacing:g} mm)"
-            f_level = resample_to_spacing(fixed, spacing).to(dev)
-            monitor.check()
-            m_level = moving_level(moving, spacing, oversample if similarity.oversampled_moving else 1).to(dev)
-            monitor.check()
-            prepared = similarity.at_scale(min(spacings) / spacing).prepare(f_level, m_level)
-            monitor.check()
-            objective = Objective(prepared, f_level, m_level, model, initial)
+            objective = objective_at(level)
+            objectives.pop(level - 1, None)  # a finished level's images and features go
             if level == 0:
                 overlap = objective.overlap(x)
                 if overlap < MIN_INITIAL_OVERLAP:
@@ -187,25 +225,24 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
                         "aligns them")
                 with torch.no_grad():
                     initial_similarity = float(objective.similarity(torch.as_tensor(x)[None])[0])
-                if search == "global":
+                if search == "global":  # the schedule of registration/search.py
                     sampler = PoseSampler(settings["search_samples"], settings["search_rotation"],
                                           settings["search_translation"], settings["seed"])
-                    monitor.begin("global search", 0.0, 0.05, sampler.n)
-                    survivors = list(global_search(objective.similarity, sampler.poses(model, x),
-                                                   top_k=settings["search_starts"], monitor=monitor,
-                                                   batch=objective.chunk))
-            span = (max(level / len(spacings), 0.05 if search == "global" else 0.0), (level + 1) / len(spacings))
-            monitor.begin(stage, span[0], span[1], len(survivors) * evals)
-            # A sparse objective (a few hundred DISA points) is all per-call overhead: extra
-            # threads only contend (OpenMP and MKL pools on few cores made DISA's L-BFGS 2x slower).
-            with torch_threads(1 if objective.points is not None and dev.type == "cpu" else None):
-                results = [minimize(lambda p: -objective.similarity(p), start, max_evals=evals, bounds=bounds,
-                                    monitor=monitor, **optimizer_scale(opt_name, spacing, level, base))
-                           for start in survivors]
+                    survivors = global_starts(objective_at, len(spacings), model, x, sampler,
+                                              starts=settings["search_starts"], monitor=monitor,
+                                              local=lambda obj, start, n: optimize(obj, start, n, 0),
+                                              labels=[f"{s:g} mm" for s in spacings])
+            span = (max(level / len(spacings), SEARCH_PROGRESS if search == "global" else 0.0),
+                    (level + 1) / len(spacings))
+            monitor.begin(stage, span[0], span[1], len(survivors) * evals, starts=len(survivors))
+            results = []
+            for start in survivors:
+                results.append(optimize(objective, start, evals, level))
+                monitor.start_done()
             results.sort(key=lambda r: r.cost)
             # Two distinct candidates go on: a coarse level cannot always tell the right optimum
             # from a near one, the next, finer level can.
-            survivors = [r.x for r in _distinct(results, KEEP_CANDIDATES)]
+            survivors = [r.x for r in distinct(results, KEEP_CANDIDATES)]
             best = results[0]
             x, final_similarity = best.x, -best.cost
             reports.append(LevelReport(float(spacing), sum(r.n_evals for r in results), final_similarity,
@@ -216,7 +253,8 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
             progress("done", 1.0, f"similarity {final_similarity:.4f}, {time.perf_counter() - started:.1f} s")
         return RegistrationResult(matrix, x, model.name, metric_name, model.center, initial_similarity,
                                   final_similarity, time.perf_counter() - started, str(dev), reports,
-                                  settings["precision"], settings["seed"], n_threads)
+                                  settings["precision"], settings["seed"], n_threads, monitor.total,
+                                  compression=model.compression(x) if isinstance(model, ProbePressure) else None)
 
 
 def resolve_metric(metric, weights, precision: str, seed: int) -> Tuple[Similarity, str, str]:
@@ -329,17 +367,6 @@ def oversamples(moving: Volume, spacing: float, oversample: int) -> bool:
 
 #: Candidate poses carried from one level to the next.
 KEEP_CANDIDATES = 2
-
-
-def _distinct(results, k: int, tolerance: float = 0.5):
-    """The best ``k`` results whose parameters differ by more than ``tolerance`` (deg, mm, %)."""
-    kept = []
-    for r in results:
-        if all(np.abs(r.x - other.x).max() > tolerance for other in kept):
-            kept.append(r)
-        if len(kept) == k:
-            break
-    return kept
 
 
 def default_evals(optimizer: str, model) -> int:
