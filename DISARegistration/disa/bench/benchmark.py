@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import CancelledError, InputError
+from .records import json_default, load_average
 
 #: Methods in report order; the first four are this engine's.
 METHODS = ("disa", "lc2", "mind", "mi", "sitk-mi", "elastix")
@@ -54,13 +55,6 @@ def _versions() -> Dict[str, Optional[str]]:
             out[name] = None
     return out
 
-
-def _load() -> Optional[List[float]]:
-    """1, 5 and 15 minute load averages (None where the OS has none)."""
-    try:
-        return [float(v) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 def _threading_env() -> Dict[str, str]:
@@ -184,13 +178,10 @@ class _Runner:
             return None
         if self.method != "elastix":
             return None
-        from .peers import ElastixWorker, elastix_available
+        from .peers import ElastixWorker
 
         self.worker = ElastixWorker()
-        try:
-            reason = self.worker.pool.submit(elastix_available).result()
-        except Exception as exc:  # the child could not even start or import
-            reason = f"itk-elastix unavailable ({type(exc).__name__}: {exc})"
+        reason = self.worker.unavailable()
         if reason is not None:
             self.close()
         return reason
@@ -257,7 +248,7 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
         log.write(msg + "\n")
         log.flush()
 
-    load_before, started = _load(), time.perf_counter()
+    load_before, started = load_average(), time.perf_counter()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
@@ -343,7 +334,7 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
         torch.set_num_threads(previous_threads)
 
     initial = summarize([c["initial_tre"]["mean"] for c in cases], [])
-    machine = {"cpu_count": os.cpu_count(), "load_before": load_before, "load_after": _load(),
+    machine = {"cpu_count": os.cpu_count(), "load_before": load_before, "load_after": load_average(),
                "total_seconds": time.perf_counter() - started}
     report = build_report(results, initial, floor, lc2_eval, dict(runs=int(runs), max_rotation=max_rotation,
                           max_translation=max_translation, seed=seed, device=str(resolve_device(device))),
@@ -373,19 +364,12 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.json", "w") as fh:
-        json.dump(data, fh, indent=2, default=_json_default)
+        json.dump(data, fh, indent=2, default=json_default)
     (out / "results.md").write_text(report["markdown"] + "\n", encoding="utf-8")
     print_fn(report["markdown"])
     print_fn(f"\nwrote {out / 'results.json'} and {out / 'results.md'}")
     return data
 
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
 
 
 def _disa_rows(chosen, fixed, moving, fixed_lm, moving_lm, device, val_data, progress,

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..cases import KINDS as CASE_KINDS
 from ..errors import CancelledError, InputError
+from .records import load_average
 
 BINS = ((0.0, 25.0), (25.0, 50.0), (50.0, 75.0), (75.0, 100.0))
 MAX_ERROR_MM = BINS[-1][1]
@@ -234,7 +235,7 @@ def run_capture(cases: int = 6, runs: int = 8, methods: Optional[Sequence[str]] 
         log.flush()
 
     started = time.perf_counter()
-    load_before = _load()
+    load_before = load_average()
     all_cases = synthetic_cases(cases, kinds, seed, data_dir, progress) if cases else []
     if case24:
         all_cases.append(case24_case())
@@ -333,7 +334,7 @@ def run_capture(cases: int = 6, runs: int = 8, methods: Optional[Sequence[str]] 
                    "fixed_size": list(c.fixed.size), "moving_size": list(c.moving.size)} for c in all_cases],
         "perturbations": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in p.items()} for p in plan],
         "skipped": skipped,
-        "environment": {"cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": _load(),
+        "environment": {"cpu_count": os.cpu_count(), "load_average_before": load_before, "load_average_after": load_average(),
                         "total_seconds": time.perf_counter() - started, "platform": platform.platform()},
         "methods": results,
     }
@@ -342,12 +343,6 @@ def run_capture(cases: int = 6, runs: int = 8, methods: Optional[Sequence[str]] 
     print_fn("\nwrote " + ", ".join(report["files"]))
     return doc
 
-
-def _load() -> Optional[List[float]]:
-    try:
-        return [float(v) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 __all__ = ["BINS", "CONVERGED_MM", "PRECISE_MM", "KINDS", "CaptureCase", "synthetic_cases", "case24_case",

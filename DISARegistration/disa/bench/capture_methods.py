@@ -108,13 +108,10 @@ class MethodRunner:
         if self.method == "ants":
             return ants_available()
         if self.method == "elastix":
-            from .peers import ElastixWorker, elastix_available
+            from .peers import ElastixWorker
 
             self.worker = ElastixWorker()
-            try:
-                reason = self.worker.pool.submit(elastix_available).result()
-            except Exception as exc:  # the child could not even start or import
-                reason = f"itk-elastix unavailable ({type(exc).__name__}: {exc})"
+            reason = self.worker.unavailable()
             if reason is not None:
                 self.close()
             return reason

@@ -11,6 +11,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .records import json_default
+
 #: The issue's targets.
 MIND_OVER_PEERS_POINTS = 20.0          # MIND global over the best peer, 25-100 mm bins
 DISA_GLOBAL_SHARE = 0.90               # DISA global converged share, every bin
@@ -211,13 +213,6 @@ def plot_errors(doc: dict, path: str) -> None:
     plt.close(fig)
 
 
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    return str(o)
-
 
 def output_files(output_dir):
     """The report's files in ``output_dir``, checked writable (call before the runs)."""
@@ -234,7 +229,7 @@ def write_report(doc: dict, outputs) -> dict:
     doc["report_markdown"] = text
     with outputs.staged() as staged:
         with open(staged["capture.json"], "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, default=_json_default)
+            json.dump(doc, fh, indent=2, default=json_default)
         with open(staged["capture.md"], "w", encoding="utf-8") as fh:
             fh.write(text + "\n")
         plot_rate(doc, staged["capture_rate.png"])

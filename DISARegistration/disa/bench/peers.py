@@ -215,6 +215,13 @@ class ElastixWorker:
         except BrokenProcessPool as exc:
             raise ElastixCrashed(f"the elastix process died ({exc})") from None
 
+    def unavailable(self) -> Optional[str]:
+        """None when itk-elastix runs in the child, else why not (the child may not even start)."""
+        try:
+            return self.pool.submit(elastix_available).result()
+        except Exception as exc:  # the child could not even start or import
+            return f"itk-elastix unavailable ({type(exc).__name__}: {exc})"
+
     def close(self):
         self.pool.shutdown(wait=True, cancel_futures=True)
 

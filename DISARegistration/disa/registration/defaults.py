@@ -26,10 +26,11 @@ FIXED_MASKS = ("auto", "nonzero", "none")
 class RegistrationDefaults:
     """Default settings of a registration (see ``disa.registration.register``)."""
 
-    # The best-validated measure (disa benchmark, session 3): MIND-SSC registers Case 24 to a
-    # median TRE of 1.69 mm with 100% of 20 runs < 2 mm and held-out synthetic US-MR pairs to
-    # 1.37 mm (83% < 2 mm); exact LC2 is worse on both (2.49 mm / 0% < 2 mm; 1.73 mm), and the
-    # shipped DISA weights fail the held-out pairs (20.6 mm). Revisit when DISA passes its targets.
+    # The best-validated measure (disa benchmark, 2026-11-26): MIND-SSC registers Case 24 to a
+    # median TRE of 1.6-1.7 mm (100% < 2 mm) and the eight held-out synthetic pairs to 0.61 mm
+    # (100% of 24 runs < 2 mm). Exact LC2 is better on the held-out median (0.34 mm) but failed one
+    # run at 24 mm, stays 2.4-2.5 mm off on Case 24 and costs ~10x more; the shipped DISA weights
+    # reach 1.67 mm (62% < 2 mm) and 3.6 mm on Case 24. Revisit when DISA passes its targets.
     metric: str = "mind"
     transform: str = "rigid"
     search: str = "global"

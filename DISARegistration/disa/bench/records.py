@@ -1,0 +1,29 @@
+"""What every benchmark record holds besides its numbers: the machine's load around a run (the
+CPUs are shared, so a reader must see when timings were contended) and the JSON form of numpy
+values."""
+from __future__ import annotations
+
+import os
+from typing import List, Optional
+
+import numpy as np
+
+
+def load_average() -> Optional[List[float]]:
+    """1, 5 and 15 minute load averages (None where the OS has none)."""
+    try:
+        return [float(v) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def json_default(o):
+    """``json.dump(default=...)`` for numpy arrays and scalars; anything else as its string."""
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+__all__ = ["load_average", "json_default"]
