@@ -109,7 +109,7 @@ def test_global_search_checks_cancel_between_small_batches():
     """A cancel must not wait for a whole chunk of poses (seconds of LC² on a busy CPU)."""
     import torch
 
-    from disa.optim import Monitor, global_search
+    from disa.optim import Monitor, score_poses
 
     scored = []
 
@@ -119,11 +119,11 @@ def test_global_search_checks_cancel_between_small_batches():
 
     monitor = Monitor(cancel=lambda: len(scored) > 0)
     with pytest.raises(CancelledError):
-        global_search(similarity, np.zeros((256, 6)), monitor=monitor)
+        score_poses(similarity, np.zeros((256, 6)), monitor=monitor)
     assert scored == [8]
     scored.clear()
-    top = global_search(similarity, np.zeros((100, 6)))
-    assert sum(scored) == 100 and max(scored) <= 8 and top.shape == (4, 6)
+    scores = score_poses(similarity, np.zeros((100, 6)))
+    assert sum(scored) == 100 and max(scored) <= 8 and scores.shape == (100,)
 
 
 def test_progress_reports_stages_and_finishes(case):

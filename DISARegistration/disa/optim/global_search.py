@@ -4,9 +4,8 @@ The poses are drawn in one physical parameterization for every transform model (
 vector in degrees, translation in mm, about the fixed image centre) and converted to the
 model's parameters, so an affine search rotates as a rigid one does. They form a scrambled
 Sobol sequence over the ranges around the start (the start itself included): coverage is even
-and a seed makes it repeatable. Local optimization from the best ``top_k`` widens the capture
-range well beyond that of a single local run, at the cost of a few batched evaluations on the
-coarsest level.
+and a seed makes it repeatable. ``score_poses`` scores them in batches and ``best_first`` ranks
+them; the schedule that narrows and refines them is ``registration/search.py``.
 """
 from __future__ import annotations
 
@@ -78,10 +77,3 @@ def best_first(scores: np.ndarray) -> np.ndarray:
     """Indices of ``scores`` from best to worst; ties keep their order (deterministic)."""
     return np.argsort(-np.asarray(scores), kind="stable")
 
-
-def global_search(similarity: Callable[[torch.Tensor], torch.Tensor], poses: np.ndarray, *, top_k: int = 4,
-                  monitor: Optional[Monitor] = None, batch: int = 8) -> np.ndarray:
-    """The ``top_k`` best of the (n, n_params) ``poses``, best first, as (top_k, n_params)."""
-    poses = np.asarray(poses, dtype=np.float64)
-    scores = score_poses(similarity, poses, monitor=monitor, batch=batch)
-    return poses[best_first(scores)[:top_k]]

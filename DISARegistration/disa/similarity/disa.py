@@ -10,7 +10,7 @@ gradient with respect to the pose flows through the warp, never through the CNN.
   oversampled by the pipeline, is resampled to it first) so the descriptors of both see
   patches of the same physical size, and registration works at 1 mm (2 mm on the coarse
   level) unless the content is very large (``fine_spacing``): the scale of the training crops.
-- Stride 2 by default (8 network runs per image, descriptors 2 mm apart at 1 mm): trilinear
+- Stride 2 by default (one "a trous" network pass per image, descriptors 2 mm apart at 1 mm): trilinear
   interpolation between descriptors 4 mm apart biased the optimum by 2-3 mm on the held-out
   synthetic pairs (the MIND-SSC oracle through this path: median 2.40 mm at stride 4, 0.54 mm
   at stride 2, both at 2/1 mm; at the old 48-voxels-per-fan spacing 2.40 and 2.06 mm).
