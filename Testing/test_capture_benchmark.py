@@ -44,7 +44,13 @@ def test_a_tiny_capture_benchmark_writes_the_table_and_plots(tmp_path):
         for b in s["bins"][:2]:
             assert 0.0 <= b["precise"] <= b["converged"] <= 1.0
         assert s["mean_seconds"] > 0 and s["mean_evaluations"] > 0
-        assert all(r["evaluations"] > 0 and np.isfinite(r["tre"]) for r in entry["runs"])
+        for r in entry["runs"]:
+            if method == "sitk-mi" and r.get("error"):
+                # SimpleITK sometimes throws ("all samples map outside the moving image") on the
+                # 30 mm Case 24 start, even on one thread: the run is recorded as a failure
+                assert r["evaluations"] is None and not np.isfinite(r["tre"]), r
+            else:
+                assert r["evaluations"] > 0 and np.isfinite(r["tre"]), r
         # the synthetic start at the truth converges (the truth is exact there)
         at_truth = [r for r in entry["runs"] if r["kind"] == "t2-t1" and r["initial_error"] < 1e-9]
         assert len(at_truth) == 1 and at_truth[0]["tre"] < 5.0, at_truth
