@@ -1,4 +1,4 @@
-"""DISA Registration: multimodal (ultrasound / MR / CT) rigid and affine registration in 3D Slicer.
+"""DISA Registration: multimodal (ultrasound / MR / CT) rigid, affine and deformable registration in 3D Slicer.
 
 This file only runs inside Slicer (it imports qt and uses slicer.app). It holds what Slicer's
 module template puts in a module file: the module, the parameter node, a thin widget, the module
@@ -10,7 +10,7 @@ modules that need no torch are imported here, so that the module loads, and offe
 what is missing, before PyTorch is installed.
 """
 import logging
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import numpy as np
 import qt
@@ -18,6 +18,7 @@ import vtk
 
 import slicer
 from slicer import (
+    vtkMRMLGridTransformNode,
     vtkMRMLLinearTransformNode,
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
@@ -33,7 +34,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from disa.registration.defaults import DEFAULTS, DEVICES, PRECISIONS, SEARCH_PRESETS, SEARCHES, TRANSFORMS
+from disa.registration.defaults import (DEFAULTS, DENSE_TRANSFORMS, DEVICES, PRECISIONS, SEARCH_PRESETS, SEARCHES,
+                                        TRANSFORMS)
 from DISARegistrationLib import dependencies, sample_data
 from DISARegistrationLib.self_test_data import add_volume_node, perturb_about_center, synthetic_volume_array
 from DISARegistrationLib.widget_helpers import format_measures, map_point_ras, relabel_choices, show_table
@@ -103,9 +105,12 @@ class DISARegistrationParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = DEFAULTS.device
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = DEFAULTS.seed
     precision: Annotated[str, Choice(list(PRECISIONS))] = DEFAULTS.precision
-    # Linear: the engine's results are matrices (deformable models will take grid transforms).
-    outputTransform: vtkMRMLLinearTransformNode
+    # Probe pressure: contact point, then a point deeper along the beam; None: from the fan.
+    probePoints: vtkMRMLMarkupsFiducialNode
+    # Linear for rigid/affine results, grid for deformable ones (see registrationArguments).
+    outputTransform: Union[vtkMRMLLinearTransformNode, vtkMRMLGridTransformNode]
     outputVolume: vtkMRMLScalarVolumeNode
+    jacobianVolume: vtkMRMLScalarVolumeNode
     fixedLandmarks: vtkMRMLMarkupsFiducialNode
     movingLandmarks: vtkMRMLMarkupsFiducialNode
     registeredLandmarks: vtkMRMLMarkupsFiducialNode
@@ -215,6 +220,8 @@ class DISARegistrationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.searchPresetComboBox.enabled = p.search == "global"
         self.ui.searchRotationSliderWidget.enabled = p.search == "global"
         self.ui.searchTranslationSliderWidget.enabled = p.search == "global"
+        self.ui.probePointsSelector.enabled = p.transformModel == "pressure"
+        self.ui.jacobianVolumeSelector.enabled = p.transformModel in DENSE_TRANSFORMS
         self.ui.updateFREButton.enabled = bool(p.fixedLandmarks and p.movingLandmarks) and not busy
         self.ui.loadSampleLandmarksButton.enabled = not busy
         self.ui.computeMapButton.enabled = volumes and not busy
@@ -431,12 +438,20 @@ class DISARegistrationLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def registrationArguments(p):
-        """RegistrationLogic.register keyword arguments from a parameter node."""
+        """RegistrationLogic.register keyword arguments from a parameter node. A selected output
+        transform of the wrong kind (linear for a deformable model, grid for a linear one) is
+        left alone and a new one created; the Jacobian volume counts for deformable models only."""
+        dense = p.transformModel in DENSE_TRANSFORMS
+        output = p.outputTransform
+        if output is not None and output.IsA("vtkMRMLGridTransformNode") != dense:
+            output = None
         return dict(
             fixedVolumeNode=p.fixedVolume, movingVolumeNode=p.movingVolume,
             metric=p.metricExpression.strip() if p.metric == "combined" else p.metric,
             transform=p.transformModel, search=p.search, searchPreset=p.searchPreset,
-            initialTransformNode=p.initialTransform, outputTransformNode=p.outputTransform,
+            initialTransformNode=p.initialTransform, outputTransformNode=output,
+            jacobianVolumeNode=p.jacobianVolume if dense else None,
+            probeMarkupsNode=p.probePoints if p.transformModel == "pressure" else None,
             outputVolumeNode=p.outputVolume, searchRotation=p.searchRotation,
             searchTranslation=p.searchTranslation, resolution=p.resolution or None,
             maxEvaluations=p.maxEvaluations or None, seed=p.seed, precision=p.precision)

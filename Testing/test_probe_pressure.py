@@ -276,3 +276,34 @@ def test_slicer_logic_gives_a_transform_node_that_maps_like_the_engine(case, tmp
     us = bridge.image_from_volume_node(nodes["us"]).data[0].numpy()
     resampled = bridge.image_from_volume_node(out).data[0].numpy()
     assert np.corrcoef(us[us > 0], resampled[us > 0])[0, 1] > 0.99
+
+
+def test_slicer_logic_takes_the_probe_from_two_points(case):
+    """The panel's probe point list (contact point, then a point deeper along the beam) gives the
+    engine exactly the probe position and direction; a list with one point is refused."""
+    slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
+    if not hasattr(slicer, "vtkMRMLScene"):
+        pytest.skip("the 'slicer' package here is not slicer-core")
+    from DISARegistrationLib import mrml_bridge as bridge
+    from DISARegistrationLib.logic import RegistrationLogic
+    from disa.errors import InputError
+
+    scene = slicer.vtkMRMLScene()
+    nodes = {}
+    for name, image in (("us", case.fixed), ("mr", case.moving)):
+        nodes[name] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        bridge.update_volume_node_from_image(nodes[name], image)
+    probe = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "probe")
+    bridge.markups_from_points(probe, np.array([case.contact, case.contact + 30.0 * AXIS]))
+    logic = RegistrationLogic(scene, device="cpu", threads=1)
+    logic.register(nodes["us"], nodes["mr"], metric="ncc", transform="pressure", search="local", resolution=2.0,
+                   probeMarkupsNode=probe)
+    by_logic = logic.lastResult.compression
+    np.testing.assert_allclose(by_logic.position, case.contact, atol=1e-9)
+    np.testing.assert_allclose(by_logic.direction, AXIS, atol=1e-9)
+    assert not by_logic.found
+    assert abs(by_logic.amplitude - AMPLITUDE) < 1.0
+    one = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "one point")
+    bridge.markups_from_points(one, case.contact[None])
+    with pytest.raises(InputError, match="needs two points"):
+        logic.register(nodes["us"], nodes["mr"], transform="pressure", probeMarkupsNode=one)

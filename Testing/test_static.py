@@ -481,7 +481,10 @@ def _parameter_fields() -> Dict[str, dict]:
                 arg = extra.args[0]
                 choices = _evaluate(arg, constants)
             bounded |= isinstance(extra, ast.Call) and ast.unparse(extra.func) == "WithinRange"
-        if type_name.startswith("vtkMRML"):
+        node_types = [type_name]
+        if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value) == "Union":
+            node_types = [ast.unparse(e) for e in getattr(annotation.slice, "value", annotation.slice).elts]
+        if all(t.startswith("vtkMRML") for t in node_types):
             kind = "node"
         elif choices is not None:
             kind = "choice"
@@ -489,7 +492,7 @@ def _parameter_fields() -> Dict[str, dict]:
             kind = type_name
         default = None if node.value is None else _evaluate(node.value, constants)
         fields[node.target.id] = {"kind": kind, "type": type_name, "choices": choices, "bounded": bounded,
-                                  "default": default}
+                                  "default": default, "node_types": node_types}
     return fields
 
 
@@ -566,7 +569,7 @@ def test_bound_widgets_suit_their_fields():
         if field["kind"] == "node":
             prop = _property(widget, "nodeTypes")
             node_types = [] if prop is None else [s.text for s in prop.iter("string")]
-            if node_types != [field["type"]]:
+            if node_types != field["node_types"]:
                 problems.append(f"{name}: nodeTypes {node_types} differ from the field type {field['type']}")
         if field["kind"] == "choice":
             if not field["choices"]:

@@ -29,6 +29,7 @@ import vtk
 from disa.errors import CancelledError, InputError
 from disa.features.descriptors import DescriptorCache
 from disa.registration.defaults import DEFAULTS
+from disa.registration.defaults import DENSE_TRANSFORMS
 from disa.spatial.frames import lps_to_ras_points, ras_to_lps_points
 
 from . import mrml_bridge as bridge
@@ -51,6 +52,7 @@ class _Run:
     movingNode: Any
     outputTransformNode: Any
     outputVolumeNode: Any
+    jacobianVolumeNode: Any
     fixedToWorld: np.ndarray
     metricName: str
 
@@ -112,16 +114,18 @@ class RegistrationLogic:
                  search=DEFAULTS.search, initialTransformNode=None, outputTransformNode=None, outputVolumeNode=None,
                  searchRotation=DEFAULTS.search_rotation, searchTranslation=DEFAULTS.search_translation,
                  resolution=None, maxEvaluations=None, seed=DEFAULTS.seed, precision=DEFAULTS.precision,
-                 weightsPath=None, searchPreset=DEFAULTS.search_preset, progress=None, cancel=None,
-                 **engineOptions):
+                 weightsPath=None, searchPreset=DEFAULTS.search_preset, jacobianVolumeNode=None,
+                 probeMarkupsNode=None, progress=None, cancel=None, **engineOptions):
         """Register ``movingVolumeNode`` to ``fixedVolumeNode``; returns the output transform node.
 
         Defaults are the engine's (``disa.registration.defaults.DEFAULTS``), as for ``disa register``.
         ``metric``: mind, lc2, disa, mi, ncc, lncc, ngf, mse (any case) or a weighted sum
         ("0.5*lc2+0.5*mind"). ``transform``: rigid, affine or pressure (rigid + the compression under
         the ultrasound probe; the node then holds the rigid part after a displacement field, and the
-        probe is found from the fixed volume's field of view unless ``probe_position`` and
-        ``probe_direction`` are given as engine options, LPS mm in the fixed volume's own frame).
+        probe is found from the fixed volume's field of view unless ``probeMarkupsNode`` is given: its
+        first point on the probe's contact surface, its second deeper along the beam axis, placed
+        where the fixed volume is shown; or ``probe_position`` and ``probe_direction`` as engine
+        options, LPS mm in the fixed volume's own frame).
         ``search``: "global" (+-``searchRotation``
         degrees, +-``searchTranslation`` mm first; None: those of ``searchPreset``, "brain" or "abdomen",
         see ``disa.registration.defaults.SEARCH_PRESETS``) or "local" (from the start pose). The start pose
@@ -136,6 +140,12 @@ class RegistrationLogic:
         similarity so far (the panel's status line; a "note" stage says that lc2 searches locally); ``cancel``: callable returning True, or a threading.Event (raises
         disa.errors.CancelledError). ``engineOptions`` go to ``disa.registration.register``
         unchanged (optimizer, search_samples, search_starts, fixed_mask, ...).
+
+        ``transform`` deformable, diffeomorphic or neural-ode: a dense registration after a linear one
+        (``disa.deformable``); the output is a grid transform node holding the whole mapping (a new
+        vtkMRMLGridTransformNode if None) and, when ``jacobianVolumeNode`` is given, the Jacobian
+        determinant of the dense part on the fixed side (<= 0 where the deformation folds).
+        Options of the dense stage (``disa.deformable`` defaults) go in ``dense=dict(...)``.
 
         The output transform node (a new vtkMRMLLinearTransformNode if None) and the optional
         output volume (the moving volume resampled on the fixed grid) are written only after the
@@ -181,7 +191,8 @@ class RegistrationLogic:
 
     def _prepare(self, fixedVolumeNode, movingVolumeNode, metric, transform, search, initialTransformNode,
                  outputTransformNode, outputVolumeNode, searchRotation, searchTranslation, resolution,
-                 maxEvaluations, seed, precision, weightsPath, searchPreset, engineOptions) -> _Run:
+                 maxEvaluations, seed, precision, weightsPath, searchPreset, jacobianVolumeNode,
+                 probeMarkupsNode, engineOptions) -> _Run:
         from disa.registration.options import check_settings
         from disa.registration.pipeline import resolve_device
         from disa.spatial.image import check_image
@@ -194,13 +205,20 @@ class RegistrationLogic:
                 raise InputError(f"the {what} '{node.GetName()}' is not in this logic's scene")
         if fixedNode.GetID() == movingNode.GetID():
             raise InputError("the fixed and the moving volume must be different volumes")
-        if outputVolumeNode is not None and outputVolumeNode.GetID() in (fixedNode.GetID(), movingNode.GetID()):
-            raise InputError("the output volume must not be one of the input volumes; create a new volume for it")
+        for output, what in ((outputVolumeNode, "output volume"), (jacobianVolumeNode, "Jacobian volume")):
+            if output is not None and output.GetID() in (fixedNode.GetID(), movingNode.GetID()):
+                raise InputError(f"the {what} must not be one of the input volumes; create a new volume for it")
+        if jacobianVolumeNode is not None and str(transform).lower() not in DENSE_TRANSFORMS:
+            raise InputError("a Jacobian determinant volume needs a deformable, diffeomorphic or neural-ode result")
         if outputTransformNode is not None:
             if not outputTransformNode.IsA("vtkMRMLTransformNode"):
                 raise InputError(f"output transform '{outputTransformNode.GetName()}' is not a transform node")
             # checked now rather than after a long run; a probe-pressure result replaces any content
-            if not outputTransformNode.IsLinear() and str(transform).lower() != "pressure":
+            dense = str(transform).lower() in DENSE_TRANSFORMS
+            if dense and not outputTransformNode.IsA("vtkMRMLGridTransformNode"):
+                raise InputError(f"output transform '{outputTransformNode.GetName()}' is not a grid transform; "
+                                 f"choose a grid transform node (or none, to create one) for a {transform} result")
+            if not dense and not outputTransformNode.IsLinear() and str(transform).lower() != "pressure":
                 raise InputError(f"output transform '{outputTransformNode.GetName()}' is not linear; choose a "
                                  "linear transform node for a rigid or affine result")
             if _isUnder(fixedNode, outputTransformNode):
@@ -216,7 +234,19 @@ class RegistrationLogic:
                                   spacings or engineOptions.get("spacings"), maxEvaluations, seed, precision,
                                   searchPreset)
         resolve_device(self.device)  # a missing GPU is reported now, not from the worker
-        similarity, metricName = self._similarity(metric, weightsPath, settings["precision"], settings["seed"])
+        dense = settings["transform"] in DENSE_TRANSFORMS
+        if engineOptions.get("dense") and not dense:
+            raise InputError(f"dense settings need a deformable, diffeomorphic or neural-ode transform, not "
+                             f"{settings['transform']}")
+        if dense:  # the dense engine builds its measures from the expression (and the weights file)
+            from disa.similarity import Similarity, parse_metric
+
+            if isinstance(metric, Similarity):
+                raise InputError("a deformable registration takes the metric as a name or expression, not a "
+                                 "Similarity object")
+            similarity = metricName = str(parse_metric(metric))
+        else:
+            similarity, metricName = self._similarity(metric, weightsPath, settings["precision"], settings["seed"])
 
         fixedImage = bridge.image_from_volume_node(fixedNode, "fixed volume")
         movingImage = bridge.image_from_volume_node(movingNode, "moving volume")
@@ -239,8 +269,28 @@ class RegistrationLogic:
                       device=self.device, threads=self.threads, resample=outputVolumeNode is not None)
         if spacings is not None:
             engine["spacings"] = spacings
+        if dense and weightsPath is not None:
+            engine["weights"] = weightsPath
+        if probeMarkupsNode is not None:
+            engine.update(self._probeFromMarkups(probeMarkupsNode, settings["transform"], fixedToWorld))
         engine.update(engineOptions)
-        return _Run(engine, fixedNode, movingNode, outputTransformNode, outputVolumeNode, fixedToWorld, metricName)
+        return _Run(engine, fixedNode, movingNode, outputTransformNode, outputVolumeNode, jacobianVolumeNode,
+                    fixedToWorld, metricName)
+
+    @staticmethod
+    def _probeFromMarkups(node, transform: str, fixedToWorld: np.ndarray) -> dict:
+        """Engine probe options (fixed-frame LPS) from a point list: contact point, then a point
+        deeper along the beam."""
+        from disa.transforms.probe_pressure import check_probe
+
+        points = bridge.landmarks_from_markups(node)
+        if len(points) < 2:
+            raise InputError(f"the probe point list '{node.GetName()}' needs two points: one on the probe's contact "
+                             "surface, one deeper along the beam")
+        toFixed = np.linalg.inv(fixedToWorld)
+        local = points[:2] @ toFixed[:3, :3].T + toFixed[:3, 3]
+        position, direction = check_probe(transform, local[0], local[1] - local[0])
+        return {"probe_position": position.tolist(), "probe_direction": direction.tolist()}
 
     @staticmethod
     def _runEngine(run: _Run, progress, cancel):
@@ -257,22 +307,35 @@ class RegistrationLogic:
         if cancel is not None and cancel():
             raise CancelledError("registration cancelled")
         with torch_threads(kwargs["threads"]):
-            return result, resample_image(kwargs["moving"], kwargs["fixed"], result.matrix, displacement=(
-                None if result.compression is None else result.compression.displacement))
+            return result, resample_image(kwargs["moving"], kwargs["fixed"], result.matrix,
+                                          displacement=None if result.linear else result.displacement)
 
     def _finish(self, run: _Run, engineResult):
         """Write a finished run into the scene (on the scene's thread); returns the transform node."""
         result, resampled = engineResult
-        for node in (run.fixedNode, run.movingNode, run.outputTransformNode, run.outputVolumeNode):
+        for node in (run.fixedNode, run.movingNode, run.outputTransformNode, run.outputVolumeNode,
+                     run.jacobianVolumeNode):
             if node is not None and node.GetScene() is not self.scene:
                 raise InputError(f"'{node.GetName()}' was removed from the scene during the registration")
         result.metric = run.metricName
         node = run.outputTransformNode
         if node is None:
             name = f"{run.movingNode.GetName()} to {run.fixedNode.GetName()}"
-            node = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", self.scene.GenerateUniqueName(name))
+            kind = "vtkMRMLLinearTransformNode" if result.field is None else "vtkMRMLGridTransformNode"
+            node = self.scene.AddNewNodeByClass(kind, self.scene.GenerateUniqueName(name))
         # World -> moving local, expressed relative to the output transform's own parent.
-        if result.compression is None:
+        if result.field is not None:  # the whole mapping (linear part included) as one grid
+            from disa.transforms.displacement import mapping_displacement
+
+            toFixed = np.linalg.inv(run.fixedToWorld) @ bridge.local_to_world_lps(node)
+            bridge.set_grid_transform_node_from_displacement(node, mapping_displacement(result.field, result.matrix,
+                                                                                        toFixed))
+            if run.jacobianVolumeNode is not None:
+                from disa.deformable import jacobian_image
+
+                bridge.update_volume_node_from_image(run.jacobianVolumeNode, jacobian_image(result.field))
+                run.jacobianVolumeNode.SetAndObserveTransformNodeID(run.fixedNode.GetTransformNodeID())
+        elif result.compression is None:
             worldMatrix = result.matrix @ np.linalg.inv(run.fixedToWorld) @ bridge.local_to_world_lps(node)
             bridge.set_linear_transform_node_from_itk(node, worldMatrix)
         else:  # probe pressure: parent frame -> fixed frame, the compression there, then the rigid part

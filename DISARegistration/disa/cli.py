@@ -13,7 +13,11 @@ import time
 from typing import List, Optional
 
 from .errors import CancelledError, DISAError, InputError, existing_file
-from .registration.defaults import DEFAULTS, FIXED_MASKS, PRECISIONS, SEARCH_PRESETS, SEARCHES, TRANSFORMS
+from .deformable.defaults import DENSE_DEFAULTS, INTEGRATORS, STRIDES
+from .deformable.defaults import LINEAR_TRANSFORMS as DENSE_LINEAR
+from .deformable.settings import positive
+from .registration.defaults import (DEFAULTS, DENSE_TRANSFORMS, FIXED_MASKS, PRECISIONS, SEARCH_PRESETS, SEARCHES,
+                                   TRANSFORMS)
 from .registration.options import (MAX_EVALS, MAX_ROTATION_DEG, MAX_SEARCH_SAMPLES, MAX_SEED, MAX_TRANSLATION_MM,
                                    check_int, check_range, check_spacings)
 
@@ -109,6 +113,11 @@ COUNT = _checked(lambda t: check_int("the value", t, 1, MAX_SEARCH_SAMPLES), "co
 EVALS = _checked(lambda t: check_int("the value", t, 1, MAX_EVALS), "evaluations")
 DEGREES = _checked(lambda t: check_range("the range", t, MAX_ROTATION_DEG), "degrees")
 MILLIMETRES = _checked(lambda t: check_range("the range", t, MAX_TRANSLATION_MM), "millimetres")
+MILLIMETRES_POSITIVE = _checked(lambda t: positive("the value", t, MAX_TRANSLATION_MM), "millimetres")
+
+
+def _non_negative(text: str) -> float:
+    return positive("the weight", text, allow_zero=True)
 
 
 def _coordinate(text: str) -> float:
@@ -124,14 +133,18 @@ def _coordinate(text: str) -> float:
 COORDINATE = _checked(_coordinate, "coordinate")
 
 
-def _add_registration_options(p: argparse.ArgumentParser):
+def add_registration_options(p: argparse.ArgumentParser):
     d = DEFAULTS
     p.add_argument("--metric", default=d.metric, type=_checked(_metric, "metric"),
                    help=METRICS_HELP + f"; any case (default {d.metric}, the best-validated measure)")
     p.add_argument("--transform", default=d.transform, choices=TRANSFORMS,
-                   help="transform model: rigid (6 parameters), affine (12), about the fixed image centre, or "
+                   help="transform model: rigid (6 parameters), affine (12), about the fixed image centre, "
                         "pressure: rigid + 2 parameters of the tissue compression under the ultrasound probe "
-                        "(amplitude and decay depth, mm), the fixed image being the ultrasound")
+                        "(amplitude and decay depth, mm), the fixed image being the ultrasound; or a dense model "
+                        "after a linear registration: deformable (discrete search + convex smoothing + instance "
+                        "optimization), diffeomorphic (stationary velocity field) or neural-ode (velocity network "
+                        "integrated in time); the output transform file then holds the whole mapping (linear "
+                        "part and displacement field)")
     p.add_argument("--probe-position", type=COORDINATE, nargs=3, default=None, metavar=("X", "Y", "Z"),
                    help="with --transform pressure: a point of the probe's contact surface in the fixed image, "
                         "LPS mm like every coordinate of disa (Slicer shows RAS: negate X and Y); default: the "
@@ -178,15 +191,45 @@ def _add_registration_options(p: argparse.ArgumentParser):
     p.add_argument("--seed", type=SEED, default=d.seed,
                    help=f"random seed, 0 to {MAX_SEED} (global search samples, MI sampling; default {d.seed})")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    dense = p.add_argument_group("dense registration (--transform deformable, diffeomorphic or neural-ode; "
+                                 "after a linear one, which the options above set)")
+    dd = DENSE_DEFAULTS
+    dense.add_argument("--linear-transform", choices=DENSE_LINEAR, default=None,
+                       help=f"the linear registration run first (default {dd.linear_transform})")
+    dense.add_argument("--dense-spacing", type=MILLIMETRES_POSITIVE, default=None, metavar="MM",
+                       help="working spacing of the dense stage (default: about "
+                            f"{dd.working_voxels} voxels across the fixed image)")
+    dense.add_argument("--grid-spacing", type=MILLIMETRES_POSITIVE, default=None, metavar="MM",
+                       help=f"deformable: control grid spacing of the discrete search (default {dd.grid_spacing_mm:g})")
+    dense.add_argument("--stride", type=int, choices=STRIDES, default=None,
+                       help=f"deformable: descriptor/search stride in working voxels (default {dd.stride})")
+    dense.add_argument("--search-radius", type=MILLIMETRES_POSITIVE, default=None, metavar="MM",
+                       help=f"deformable: largest displacement searched (default {dd.search_radius_mm:g})")
+    dense.add_argument("--iterations", type=COUNT, default=None, metavar="N",
+                       help=f"Adam iterations (default {dd.iterations} for deformable, at most "
+                            f"{dd.dense_iterations} for the diffeomorphic models)")
+    dense.add_argument("--smoothness", type=_checked(_non_negative, "smoothness"), default=None, metavar="W",
+                       help="weight of the regularizer on the field's derivatives (default "
+                            f"{dd.smoothness:g} deformable, {dd.dense_smoothness:g} diffeomorphic)")
+    dense.add_argument("--integrator", choices=INTEGRATORS, default=None,
+                       help=f"neural-ode: time integrator (default {dd.integrator})")
 
 
-def _registration_kwargs(args) -> dict:
+#: registration_kwargs' dense settings: argument name -> register_deformable keyword.
+DENSE_ARGUMENTS = {"linear_transform": "linear_transform", "dense_spacing": "spacing",
+                   "grid_spacing": "grid_spacing_mm", "stride": "stride", "search_radius": "search_radius_mm",
+                   "iterations": "iterations", "smoothness": "smoothness", "integrator": "integrator"}
+
+
+def registration_kwargs(args) -> dict:
     return dict(metric=args.metric, transform=args.transform, optimizer=args.optimizer, search=args.search,
                 search_preset=args.search_preset, search_rotation=args.search_rotation, search_translation=args.search_translation,
                 search_samples=args.search_samples, search_starts=args.search_starts, spacings=args.spacings,
                 max_evals=args.max_evals, fixed_mask=args.fixed_mask, precision=args.precision,
                 weights=args.weights, device=args.device, threads=args.threads, seed=args.seed,
                 probe_position=args.probe_position, probe_direction=args.probe_direction,
+                dense={key: getattr(args, name) for name, key in DENSE_ARGUMENTS.items()
+                       if getattr(args, name) is not None} or None,
                 progress=TerminalProgress(quiet=args.quiet))
 
 
@@ -210,17 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-volume", metavar="PATH", type=_suffix(VOLUME_SUFFIXES, "a volume"),
                    help="also write the moving volume resampled on the fixed grid (.nii, .nii.gz, .nrrd, .mha)")
     p.add_argument("--json", metavar="PATH", help="also write the result (matrix, similarity, timings) as JSON")
-    _add_registration_options(p)
+    p.add_argument("--jacobian", metavar="PATH", type=_suffix(VOLUME_SUFFIXES, "a volume"),
+                   help="dense transforms: also write the Jacobian determinant of the displacement field "
+                        "(<= 0 where it folds) as a volume on the field's grid")
+    add_registration_options(p)
     p.set_defaults(func=cmd_register)
 
-    p = sub.add_parser("evaluate", help="landmark error (FRE/TRE) of a transform",
+    p = sub.add_parser("evaluate", help="landmark error (FRE/TRE), label overlap and folding of a transform",
                        description="Map the fixed landmarks through the transform and print their distances "
-                                   "to the moving landmarks (mean, percentiles, max) in mm.")
+                                   "to the moving landmarks (mean, percentiles, max) in mm; with label maps, the "
+                                   "Dice per label (mean and quartiles) and HD95 of the moving labels resampled "
+                                   "on the fixed ones; for a transform holding a displacement field, its "
+                                   "Jacobian determinant (voxels <= 0: folding).")
     p.add_argument("--transform", help="ITK transform file (fixed -> moving); omit for the identity")
-    p.add_argument("--fixed-landmarks", required=True,
+    p.add_argument("--fixed-landmarks",
                    help="landmarks in the fixed volume: .fcsv, .mrk.json, .csv (header label,L,P,S or "
                         "label,R,A,S) or FILE.tag:1 / FILE.tag:2 for an MNI tag file's first/second volume")
-    p.add_argument("--moving-landmarks", required=True, help="landmarks in the moving volume, same formats, same order")
+    p.add_argument("--moving-landmarks", help="landmarks in the moving volume, same formats, same order")
+    p.add_argument("--fixed-labels", type=_existing("fixed label map"), metavar="PATH",
+                   help="label map on the fixed side (integer labels, 0 = background)")
+    p.add_argument("--moving-labels", type=_existing("moving label map"), metavar="PATH",
+                   help="label map on the moving side, resampled through the transform (nearest neighbour)")
     p.add_argument("--per-landmark", action="store_true", help="also print each landmark's error")
     p.add_argument("--json", metavar="PATH", help="also write the statistics as JSON")
     p.set_defaults(func=cmd_evaluate)
@@ -240,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write a Slicer scene bundle: ultrasound, perturbed MR under the result transform, "
                         "landmarks, registered landmarks and the FRE table (needs slicer-core: "
                         "pip install -e \".[scene]\")")
-    _add_registration_options(p)
+    add_registration_options(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("benchmark", help="accuracy and speed against SimpleITK and elastix on Case 24",
@@ -266,10 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "model card, as disa train writes them)")
     p.set_defaults(func=cmd_benchmark)
     from .bench.capture_cli import add_capture_parser  # `disa benchmark capture` (argparse only)
+    from .bench.deformable_cli import add_deformable_parser  # `disa benchmark deformable` (argparse only)
+    from .batch.cli import add_batch_bench_parser, add_batch_parser  # `disa batch` (argparse only)
     from .cases.cli import add_synth_parser  # `disa synth` (argparse only)
 
-    add_capture_parser(p)
+    # `disa benchmark` alone stays the Case 24 suite; the others are its SUITE subcommands
+    suites = p.add_subparsers(dest="suite", metavar="SUITE",
+                              help="capture: capture range; deformable: dense registration; batch: cohort "
+                                   "speed-up (without SUITE: the Case 24 accuracy benchmark, options above)")
+    suites.required = False
+    add_capture_parser(suites)
+    add_deformable_parser(suites)
+    add_batch_bench_parser(suites)
     add_synth_parser(sub)
+    add_batch_parser(sub)
 
     from .train import add_train_arguments  # argparse only; torch loads when the command runs
 
@@ -292,23 +355,30 @@ def cmd_register(args) -> int:
     from .registration import register_files
 
     # Checked before any work: no output may replace an input, every output folder is writable.
+    if args.jacobian and args.transform not in DENSE_TRANSFORMS:
+        raise InputError("--jacobian needs a dense transform (deformable, diffeomorphic or neural-ode)")
     outputs = OutputFiles({"--output-transform": args.output_transform, "--output-volume": args.output_volume,
-                           "--json": args.json},
+                           "--json": args.json, "--jacobian": args.jacobian},
                           inputs={"--fixed": args.fixed, "--moving": args.moving,
                                   "--initial-transform": args.initial_transform, "--weights": args.weights})
     from .transforms.probe_pressure import check_probe
 
     check_probe(args.transform, args.probe_position, args.probe_direction)  # before the images are read
-    result = register_files(args.fixed, args.moving, args.initial_transform, **_registration_kwargs(args))
+    result = register_files(args.fixed, args.moving, args.initial_transform, **registration_kwargs(args))
     with outputs.staged() as staged:  # all outputs or none
         result.save_transform(staged["--output-transform"])
         if args.output_volume:
             from .transforms.itk_io import write_resampled
 
-            transform = result.matrix if result.compression is None else result.sitk_transform()
+            transform = result.matrix if result.linear else result.sitk_transform()
             write_resampled(args.moving, args.fixed, transform, staged["--output-volume"])
         if args.json:
             write_json(staged["--json"], result.as_dict())
+        if args.jacobian:
+            from .deformable import jacobian_image
+            from .spatial import save_image
+
+            save_image(jacobian_image(result.field), staged["--jacobian"])
     print(result.summary())
     for path in outputs.paths.values():
         print(f"wrote {path}")
@@ -318,30 +388,56 @@ def cmd_register(args) -> int:
 def cmd_evaluate(args) -> int:
     import numpy as np
 
-    from .evaluate import error_statistics, format_statistics, read_landmarks, registration_errors
+    from .evaluate import (error_statistics, format_label_statistics, format_statistics, label_statistics,
+                           read_landmarks, registration_errors, warp_labels)
     from .outputs import OutputFiles
-    from .transforms.itk_io import read_itk_mapping
+    from .transforms.itk_io import displacement_fields, read_itk_mapping, read_sitk_transform
 
-    outputs = OutputFiles({"--json": args.json}, inputs={
-        "--transform": args.transform, "--fixed-landmarks": _landmark_file(args.fixed_landmarks),
-        "--moving-landmarks": _landmark_file(args.moving_landmarks)})
-    matrix = np.eye(4) if args.transform is None else read_itk_mapping(args.transform)  # or a function
-    fixed = read_landmarks(args.fixed_landmarks)
-    moving = read_landmarks(args.moving_landmarks)
-    errors = registration_errors(matrix, fixed, moving)
-    stats = error_statistics(errors)
-    if args.per_landmark:
-        for label, e in zip(fixed.labels, errors):
-            print(f"{label}\t{e:.3f} mm")
-    print(format_statistics(stats))
+    landmarks = (args.fixed_landmarks, args.moving_landmarks)
+    labels = (args.fixed_labels, args.moving_labels)
+    if (landmarks[0] is None) != (landmarks[1] is None) or (labels[0] is None) != (labels[1] is None):
+        raise InputError("give landmarks and label maps in pairs: --fixed-landmarks with --moving-landmarks, "
+                         "--fixed-labels with --moving-labels")
+    if landmarks[0] is None and labels[0] is None:
+        raise InputError("nothing to evaluate: give --fixed-landmarks/--moving-landmarks or "
+                         "--fixed-labels/--moving-labels")
+    inputs = {"--transform": args.transform, "--fixed-labels": labels[0], "--moving-labels": labels[1]}
+    if landmarks[0] is not None:
+        inputs.update({"--fixed-landmarks": _landmark_file(landmarks[0]),
+                       "--moving-landmarks": _landmark_file(landmarks[1])})
+    outputs = OutputFiles({"--json": args.json}, inputs=inputs)
+    report = {}
+    tx = None if args.transform is None else read_sitk_transform(args.transform)
+    if landmarks[0] is not None:
+        mapping = np.eye(4) if args.transform is None else read_itk_mapping(args.transform)  # or a function
+        fixed = read_landmarks(landmarks[0])
+        moving = read_landmarks(landmarks[1])
+        errors = registration_errors(mapping, fixed, moving)
+        stats = error_statistics(errors)
+        if args.per_landmark:
+            for label, e in zip(fixed.labels, errors):
+                print(f"{label}\t{e:.3f} mm")
+        print(format_statistics(stats))
+        report.update({"statistics": stats, "errors": [float(e) for e in errors]})
+    if labels[0] is not None:
+        overlap = label_statistics(*warp_labels(labels[1], labels[0], tx))
+        print(format_label_statistics(overlap))
+        report["labels"] = overlap
+    if tx is not None and displacement_fields(tx):
+        from .deformable import jacobian_statistics
+
+        report["jacobian"] = [jacobian_statistics(field) for field in displacement_fields(tx)]
+        for j in report["jacobian"]:
+            print(f"Jacobian determinant: {j['nonpositive']} voxels <= 0 ({j['percent_nonpositive']:.4f}%), "
+                  f"std of log {j['std_log_jacobian']:.4f}")
     if args.json:
         with outputs.staged() as staged:
-            write_json(staged["--json"], {"statistics": stats, "errors": [float(e) for e in errors]})
+            write_json(staged["--json"], report)
     return 0
 
 
 def cmd_demo(args) -> int:
-    options = dict(data_dir=args.data_dir, overwrite=args.overwrite, **_registration_kwargs(args))
+    options = dict(data_dir=args.data_dir, overwrite=args.overwrite, **registration_kwargs(args))
     if args.scene is None:
         from .demo import run_demo
 

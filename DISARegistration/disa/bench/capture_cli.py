@@ -7,13 +7,9 @@ import argparse
 from .capture_methods import METHODS
 
 
-def add_capture_parser(benchmark: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Declare the ``capture`` suite under ``disa benchmark`` (which alone stays the Case 24 suite)."""
-    sub = benchmark.add_subparsers(dest="suite", metavar="SUITE",
-                                   help="capture: the capture-range benchmark (without SUITE: the Case 24 "
-                                        "accuracy benchmark, options above)")
-    sub.required = False
-    p = sub.add_parser(
+def add_capture_parser(suites) -> argparse.ArgumentParser:
+    """Declare the ``capture`` suite on ``disa benchmark``'s suite subparsers ``suites``."""
+    p = suites.add_parser(
         "capture", help="capture range: converged share per initial-error bin, against peers",
         description="The DISA paper's Table 3: synthetic US-MR, CT-MR and T2-T1 cases with exact truth and "
                     "Case 24, moved so that the initial landmark error falls uniformly in 0-100 mm, registered by "

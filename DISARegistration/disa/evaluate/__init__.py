@@ -1,4 +1,5 @@
-"""Evaluation: landmark I/O (LPS mm), target registration error statistics, Dice and HD95."""
+"""Evaluation: landmark I/O (LPS mm), target registration error statistics, Dice and HD95 (per
+label and over label maps warped by a transform)."""
 
 from .landmarks import (  # noqa: F401
     Landmarks,
@@ -20,3 +21,4 @@ from .metrics import (  # noqa: F401
     surface_distances,
     hd95,
 )
+from .labels import format_label_statistics, label_statistics, warp_labels  # noqa: F401

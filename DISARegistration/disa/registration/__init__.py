@@ -4,17 +4,10 @@
 module reads it when Slicer starts, before PyTorch is installed. The torch-based parts below are
 therefore imported on first use (PEP 562), not when the package is.
 """
-from importlib import import_module
+from ..lazy import lazy_exports
 
 #: Public names and the submodule that defines each.
 _LAZY = {"Objective": ".objective", "RegistrationResult": ".pipeline", "register": ".pipeline",
          "register_files": ".pipeline"}
 __all__ = list(_LAZY)
-
-
-def __getattr__(name):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_LAZY[name], __name__), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -8,7 +8,12 @@ from typing import Optional
 
 #: Choices of the options that take names.
 #: ``pressure``: rigid + the compression under an ultrasound probe (disa.transforms.probe_pressure).
-TRANSFORMS = ("rigid", "affine", "pressure")
+LINEAR_TRANSFORMS = ("rigid", "affine", "pressure")
+#: Dense models (disa.deformable): a displacement field after a linear registration. ``deformable``:
+#: discrete search + convex smoothing + instance optimization; ``diffeomorphic``: a stationary
+#: velocity field (scaling and squaring); ``neural-ode``: a velocity network integrated in time.
+DENSE_TRANSFORMS = ("deformable", "diffeomorphic", "neural-ode")
+TRANSFORMS = LINEAR_TRANSFORMS + DENSE_TRANSFORMS
 SEARCHES = ("global", "local")
 #: Named global-search ranges: +- degrees about and +- mm along each axis. ``brain``: an
 #: intra-operative brain ultrasound roughly placed by navigation; ``abdomen``: an abdominal

@@ -28,7 +28,7 @@ from ..threads import machine_threads, torch_threads
 from ..transforms import make_model
 from ..transforms.linear import Rigid
 from ..transforms.probe_pressure import ProbePressure, check_probe
-from .defaults import DEFAULTS
+from .defaults import DEFAULTS, DENSE_TRANSFORMS
 from .memory import check_memory, estimate_bytes
 from .objective import Objective
 from .options import check_int, check_settings, check_spacings
@@ -124,6 +124,7 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
              search_samples: int = DEFAULTS.search_samples, search_starts: int = DEFAULTS.search_starts,
              precision: str = DEFAULTS.precision, weights=None, threads: Optional[int] = DEFAULTS.threads,
              probe_position: Optional[Sequence[float]] = None, probe_direction: Optional[Sequence[float]] = None,
+             dense: Optional[dict] = None,
              progress: Optional[ProgressCallback] = None, cancel: Optional[Callable[[], bool]] = None,
              ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` and return the fixed -> moving LPS matrix.
@@ -146,12 +147,29 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
     ``threads``: CPU threads of the run (None: every CPU of the machine); the result depends on
     the count, which this run pins in its own thread (see ``disa.threads``).
     ``cancel``: polled at every evaluation, every global-search batch and between preparation
-    steps; raises CancelledError.
+    steps; raises CancelledError. ``transform`` deformable, diffeomorphic or neural-ode: this
+    linear registration (``dense["linear_transform"]``, rigid by default), then a dense one
+    (``disa.deformable.register_deformable``, whose settings ``dense`` holds); ``result.field``
+    then holds the displacement applied before ``result.matrix``.
 
     Reproducible: on one machine, the same inputs, settings, seed and precision give the same
     matrix, bit for bit, whatever else the process runs (no global random state is used or
     changed, and the thread count is the run's own).
     """
+    if str(transform).lower() in DENSE_TRANSFORMS:
+        from ..deformable import register_deformable
+
+        check_probe("rigid", probe_position, probe_direction)
+        return register_deformable(
+            fixed, moving, transform=str(transform).lower(), metric=metric, initial=initial, seed=seed,
+            device=device, threads=threads, weights=weights, fixed_mask=fixed_mask, progress=progress, cancel=cancel,
+            optimizer=optimizer, spacings=spacings, max_evals=max_evals, moving_mask=moving_mask,
+            oversample=oversample, search=search, search_preset=search_preset, search_rotation=search_rotation,
+            search_translation=search_translation, search_samples=search_samples, search_starts=search_starts,
+            precision=precision, **(dense or {}))
+    if dense:
+        raise InputError(f"dense settings ({', '.join(sorted(dense))}) need a deformable, diffeomorphic or "
+                         f"neural-ode transform, not {transform}")
     n_threads = check_int("threads", threads, 1, 4096) if threads is not None else machine_threads()
     with torch_threads(n_threads):
         started = time.perf_counter()

@@ -6,7 +6,10 @@ from typing import TYPE_CHECKING, List, Optional
 
 import numpy as np
 
+from .defaults import DENSE_TRANSFORMS  # noqa: F401  (models whose result holds a field)
+
 if TYPE_CHECKING:
+    from ..spatial import Image
     from ..transforms.probe_pressure import Compression
 
 
@@ -26,6 +29,10 @@ class RegistrationResult:
     With the probe-pressure model (``transform == "pressure"``), ``matrix`` is the rigid part and
     ``compression`` the fixed-space compression applied before it: a fixed point ``x`` maps to
     ``matrix @ compression.apply(x)`` (:meth:`transform_points`), and the output files hold both.
+    A dense result (``transform`` in ``DENSE_TRANSFORMS``) holds ``field``, the fixed-space
+    displacement (3 channels x, y, z, LPS mm, on a grid over the fixed image) applied before the
+    linear ``matrix``: ``x -> matrix @ (x + field(x))``, as an ITK composite transform applies a
+    displacement field added after the linear part.
     """
 
     matrix: np.ndarray
@@ -48,32 +55,66 @@ class RegistrationResult:
 
     #: The probe compression of a probe-pressure result (None for linear ones).
     compression: Optional["Compression"] = None
+    #: The dense displacement field of a deformable result (None for linear ones).
+    field: Optional["Image"] = None
+    #: Deformation statistics of a dense result (Jacobian determinant, iterations, seconds).
+    deformation: Optional[dict] = None
+
+    def displacement_field(self) -> Optional["Image"]:
+        """The fixed-space displacement applied before ``matrix`` as a 3-channel Image (LPS mm),
+        the dense field or the probe compression sampled on its grid; None for linear results."""
+        if self.field is not None:
+            return self.field
+        return None if self.compression is None else self.compression.field()
+
+    def displacement(self, points):
+        """Fixed-space displacement (..., 3), mm, of LPS ``points`` (a torch tensor (..., 3)) applied
+        before ``matrix``: zero for linear results (what ``resample_image(displacement=...)`` takes)."""
+        import torch
+
+        if self.compression is not None:
+            return self.compression.displacement(points)
+        if self.field is None:
+            return torch.zeros_like(points)
+        from ..spatial.image import sample_field
+
+        flat = points.detach().reshape(-1, 3).cpu().numpy()
+        return torch.as_tensor(sample_field(self.field, flat), dtype=points.dtype).reshape(points.shape)
+
+    @property
+    def linear(self) -> bool:
+        return self.field is None and self.compression is None
 
     def save_transform(self, path) -> None:
         """Write an ITK transform file (.h5, .tfm) usable to resample the moving image; a
         probe-pressure result is a composite of the rigid part and a displacement field."""
         from ..transforms.itk_io import write_itk_transform, write_sitk_transform
 
-        if self.compression is not None:
+        if not self.linear:
             write_sitk_transform(path, self.sitk_transform())
             return
         kind = "rigid" if self.transform == "rigid" else "affine"
         write_itk_transform(path, self.matrix, center=self.center, kind=kind)
 
     def sitk_transform(self):
-        """The result as a SimpleITK transform (what :meth:`save_transform` writes)."""
-        from ..transforms.itk_io import matrix_to_sitk
-        from ..transforms.probe_pressure import pressure_to_sitk
+        """The result as a SimpleITK transform (what :meth:`save_transform` writes): the linear
+        part, or a composite of it and the displacement field, which ITK applies first."""
+        from ..transforms.itk_io import composite_to_sitk, linear_kind, matrix_to_sitk
 
-        if self.compression is not None:
-            return pressure_to_sitk(self.matrix, self.center, self.compression)
-        return matrix_to_sitk(self.matrix, center=self.center, kind="rigid" if self.transform == "rigid" else "affine")
+        field = self.displacement_field()
+        if field is not None:
+            return composite_to_sitk(self.matrix, self.center, field)
+        return matrix_to_sitk(self.matrix, center=self.center, kind=linear_kind(self.matrix))
 
     def transform_points(self, points) -> np.ndarray:
-        """(N, 3) fixed LPS points -> moving LPS points (the compression first, if any)."""
+        """(N, 3) fixed LPS points -> moving LPS points (the displacement first, if any)."""
+        from ..spatial.image import sample_field
+
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         if self.compression is not None:
             pts = self.compression.apply(pts)
+        elif self.field is not None:
+            pts = pts + sample_field(self.field, pts)
         return pts @ self.matrix[:3, :3].T + self.matrix[:3, 3]
 
     def as_dict(self) -> dict:
@@ -86,6 +127,12 @@ class RegistrationResult:
                 "levels": [vars(level) for level in self.levels]}
         if self.compression is not None:
             data["probe_pressure"] = self.compression.as_dict()
+        if self.field is not None:
+            data["displacement_field"] = {"size_xyz": list(self.field.size), "spacing_mm": self.field.spacing.tolist(),
+                                          "origin_lps": self.field.origin.tolist(),
+                                          "direction": self.field.direction.ravel().tolist()}
+        if self.deformation is not None:
+            data["deformation"] = self.deformation
         return data
 
     def summary(self) -> str:

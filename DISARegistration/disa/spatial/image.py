@@ -336,6 +336,17 @@ def sample(source: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> 
     return out, inside.permute(0, 4, 1, 2, 3).to(out.dtype)
 
 
+def sample_field(field: Image, points) -> np.ndarray:
+    """Trilinear samples (N, C) of ``field``'s channels at LPS ``points`` (N, 3), float64; 0
+    outside the grid (as an ITK displacement field transform leaves such points where they are)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    m = world_to_normalized(field)
+    norm = pts @ m[:3, :3].T + m[:3, 3]
+    grid = torch.as_tensor(norm, dtype=torch.float64).reshape(1, 1, 1, -1, 3)
+    values, inside = sample(field.data.to(torch.float64), grid)
+    return (values[0, :, 0, 0] * inside[0, :, 0, 0]).T.numpy()
+
+
 def resample_image(source: Image, target: Image, matrix: Optional[np.ndarray] = None,
                    mode: str = "bilinear", displacement=None) -> Image:
     """``source`` resampled on ``target``'s grid through ``matrix`` (target LPS -> source LPS).

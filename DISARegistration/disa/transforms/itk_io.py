@@ -108,6 +108,24 @@ def matrix_to_sitk(matrix, center: Optional[Sequence[float]] = None, kind: str =
     raise InputError(f"unknown transform kind {kind!r}; use 'rigid' or 'affine'")
 
 
+def linear_kind(matrix) -> str:
+    """"rigid" when the 3x3 part of ``matrix`` is a rotation (within 1e-6), else "affine"."""
+    r = np.asarray(matrix, dtype=np.float64)[:3, :3]
+    return "rigid" if np.abs(r.T @ r - np.eye(3)).max() < 1e-6 and np.linalg.det(r) > 0 else "affine"
+
+
+def composite_to_sitk(matrix, center, field):
+    """The SimpleITK transform of ``x -> matrix (x + d(x))``, ``d`` a 3-channel LPS displacement
+    Image on a fixed-space grid: a composite of the linear part (Euler3D when ``matrix`` is
+    rigid, else affine) and a displacement field, which ITK applies first (a composite applies
+    its last transform first). Points outside the field's grid get no displacement."""
+    import SimpleITK as sitk
+
+    m = _as_matrix(matrix)
+    displacement = sitk.DisplacementFieldTransform(sitk.Cast(field.to_sitk(channel=None), sitk.sitkVectorFloat64))
+    return sitk.CompositeTransform([matrix_to_sitk(m, center=center, kind=linear_kind(m)), displacement])
+
+
 def write_itk_transform(path: PathLike, matrix, center: Optional[Sequence[float]] = None,
                         kind: str = "affine") -> None:
     """Write a fixed->moving LPS ``matrix`` as an ITK transform file (.tfm/.txt text, .h5/.hdf5).
@@ -160,6 +178,26 @@ def read_itk_mapping(path: PathLike) -> Union[np.ndarray, Callable[[np.ndarray],
     if tx.IsLinear():
         return sitk_to_matrix(tx, path)
     return lambda points: np.array([tx.TransformPoint([float(v) for v in p]) for p in points], dtype=np.float64)
+
+
+def read_sitk_transform(path: PathLike):
+    """The SimpleITK transform stored in an ITK transform file (linear or not), checked 3-D."""
+    return _read_sitk(existing_file(path, "transform"))
+
+
+def displacement_fields(tx) -> list:
+    """The displacement fields (3-channel LPS Images) inside a SimpleITK transform: itself, or
+    the members of a composite, in the order the composite stores them."""
+    import SimpleITK as sitk
+
+    from ..spatial import Image
+
+    members = [tx]
+    if tx.GetTransformEnum() == sitk.sitkComposite:
+        composite = sitk.CompositeTransform(tx)
+        members = [composite.GetNthTransform(i) for i in range(composite.GetNumberOfTransforms())]
+    return [Image.from_sitk(sitk.DisplacementFieldTransform(t).GetDisplacementField())
+            for t in members if t.GetTransformEnum() == sitk.sitkDisplacementField]
 
 
 def _read_sitk(path: str):

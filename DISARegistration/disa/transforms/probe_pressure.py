@@ -288,16 +288,7 @@ class ProbePressure(Rigid):
 
 
 def pressure_to_sitk(matrix, center, compression: Compression):
-    """The SimpleITK transform of ``x -> matrix (x + d(x))``: a composite of the linear part
-    (Euler3D when ``matrix`` is rigid, else affine) and a displacement field, which ITK applies
-    first (a composite applies its last transform first)."""
-    import SimpleITK as sitk
+    """The SimpleITK transform of ``x -> matrix (x + d(x))`` (see ``itk_io.composite_to_sitk``)."""
+    from .itk_io import composite_to_sitk
 
-    from .itk_io import matrix_to_sitk
-
-    m = np.asarray(matrix, dtype=np.float64)
-    r = m[:3, :3]
-    kind = "rigid" if np.abs(r.T @ r - np.eye(3)).max() < 1e-6 and np.linalg.det(r) > 0 else "affine"
-    field = compression.field().to_sitk(channel=None)
-    displacement = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
-    return sitk.CompositeTransform([matrix_to_sitk(m, center=center, kind=kind), displacement])
+    return composite_to_sitk(matrix, center, compression.field())

@@ -1,0 +1,78 @@
+"""The one table of dense (deformable) registration defaults: ``register_deformable``, the command
+line and the Slicer panel take their defaults from ``DENSE_DEFAULTS``.
+
+Units: displacements are optimized in working-grid voxels (the fixed image resampled at the
+working ``spacing``); learning rates are therefore voxels per Adam step (Adam moves each
+parameter by about ``lr`` per iteration), and smoothness weights multiply mean squared
+finite differences of voxel displacements.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from ..registration.result import DENSE_TRANSFORMS
+
+#: The dense transform models, by the names ``RegistrationResult.transform`` takes.
+DENSE_METHODS = DENSE_TRANSFORMS
+#: Time integrators of the neural-ODE model.
+INTEGRATORS = ("rk4", "euler")
+#: Descriptor strides of the discrete search (working voxels between descriptors / search steps).
+STRIDES = (1, 2, 4)
+#: Similarity terms a dense registration can optimize (``lc2`` has no dense form here).
+DENSE_METRICS = ("mind", "disa", "mse", "ncc", "lncc", "mi", "ngf")
+#: Linear models a dense registration can start from.
+LINEAR_TRANSFORMS = ("rigid", "affine")
+
+
+@dataclass(frozen=True)
+class DenseDefaults:
+    """Default settings of ``disa.deformable.register_deformable``."""
+
+    transform: str = "deformable"
+    metric: str = "mind"
+    linear_transform: str = "rigid"
+    # Working spacing (mm): None chooses the finest of the fixed spacing and the largest fixed
+    # extent / ``working_voxels`` (about 2 mm for a brain volume), never more than 128 across.
+    spacing: Optional[float] = None
+    working_voxels: int = 96
+    # Discrete + convex ("deformable"; Heinrich et al. 2014, ConvexAdam): a control grid about
+    # ``grid_spacing_mm`` apart, displacements searched within +-``search_radius_mm`` in steps of
+    # ``stride`` working voxels (the DISA paper's descriptor stride, Table 2).
+    grid_spacing_mm: float = 8.0
+    stride: int = 2
+    search_radius_mm: float = 12.0
+    # Coupling weights of the convex steps (relative to the normalized matching cost, per
+    # squared control-grid spacing of disagreement), increasing.
+    coupling: tuple = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    # Instance optimization after the discrete step (Adam, combined similarity, diffusion).
+    iterations: int = 40
+    lr: float = 0.1                  # working voxels per Adam step
+    smoothness: float = 3.0          # weight of the first-order (diffusion) regularizer
+    bidirectional: bool = True       # forward and backward similarity (Eq. 1 of the paper)
+    # Diffeomorphic models ("diffeomorphic": stationary velocity field, scaling and squaring;
+    # "neural-ode": velocity from a small network, integrated in time).
+    dense_iterations: int = 300      # at most; both stop early once converged
+    dense_lr: float = 0.05           # "diffeomorphic": velocity voxels per Adam step
+    ode_lr: float = 2e-3             # "neural-ode": Adam step of the network parameters
+    dense_smoothness: float = 2.0
+    jacobian_weight: float = 10.0    # penalty on Jacobian determinants below ``jacobian_floor``
+    jacobian_floor: float = 0.1
+    squaring_steps: int = 7          # scaling and squaring: v / 2^7, then 7 compositions
+    integrator: str = "rk4"
+    time_steps: int = 8              # neural-ode integration steps over t in [0, 1]
+    velocity_grid: int = 2           # the velocity lives on a grid this many working voxels apart
+    tolerance: float = 1e-4          # early stop: relative loss change over ``patience`` iterations
+    patience: int = 20
+    # MIND-SSC of the dense stages (ConvexAdam's radius 1, dilation 2, in working voxels).
+    mind_radius: int = 1
+    mind_dilation: int = 2
+    seed: int = 0
+    device: str = "auto"
+    threads: Optional[int] = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+DENSE_DEFAULTS = DenseDefaults()

@@ -1,0 +1,199 @@
+"""Displacement fields on the working grid, and their conversion to LPS millimetres.
+
+Frames (one converter per pair):
+- *voxel displacement* ``disp``: a (B, 3, Z, Y, X) tensor in working-grid voxels, channels in
+  index order (x, y, z) = (i, j, k). The fixed voxel p reads the (linearly pre-aligned) moving
+  image at index p + disp(p).
+- *LPS displacement*: ``direction @ (spacing * disp)`` mm, the ``field`` of a
+  ``RegistrationResult`` (applied before the linear matrix).
+- *normalized*: grid_sample's coordinates (align_corners=True), 2 / (n - 1) per voxel.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import InputError
+from ..spatial import Image
+
+
+def working_grid(fixed: Image, spacing: float) -> Image:
+    """An empty grid over the fixed image: same origin, direction and corner voxel centres, at
+    most ``spacing`` mm apart along each axis (axes already coarser keep their spacing)."""
+    size = np.asarray(fixed.size, dtype=np.int64)
+    span = (size - 1) * fixed.spacing
+    n = np.where(fixed.spacing >= spacing, size, np.ceil(span / spacing - 1e-6).astype(np.int64) + 1)
+    n = np.maximum(n, 2)
+    new_spacing = np.where(n > 1, span / np.maximum(n - 1, 1), fixed.spacing)
+    return Image(torch.zeros(1, *[int(v) for v in n[::-1]]), new_spacing, fixed.origin.copy(),
+                 fixed.direction.copy())
+
+
+def identity_grid(shape, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Normalized coordinates (1, Z, Y, X, 3) of a grid's own voxels."""
+    theta = torch.eye(3, 4, dtype=dtype, device=device)[None]
+    return F.affine_grid(theta, [1, 1, *shape], align_corners=True)
+
+
+def voxel_scale(shape, device=None, dtype=torch.float32) -> torch.Tensor:
+    """(3,) factors from voxel displacements (x, y, z) to normalized ones."""
+    z, y, x = shape
+    return torch.tensor([2.0 / max(x - 1, 1), 2.0 / max(y - 1, 1), 2.0 / max(z - 1, 1)], dtype=dtype, device=device)
+
+
+def sampling_grid(disp: torch.Tensor) -> torch.Tensor:
+    """grid_sample coordinates (B, Z, Y, X, 3) of ``p + disp(p)`` for a voxel displacement."""
+    shape = disp.shape[-3:]
+    scale = voxel_scale(shape, disp.device, disp.dtype)
+    return identity_grid(shape, disp.device, disp.dtype) + disp.permute(0, 2, 3, 4, 1) * scale
+
+
+def warp(data: torch.Tensor, disp: torch.Tensor, padding: str = "zeros") -> torch.Tensor:
+    """(B, C, Z, Y, X) ``data`` sampled at ``p + disp(p)`` (trilinear)."""
+    grid = sampling_grid(disp)
+    if data.shape[0] != grid.shape[0]:
+        data = data.expand(grid.shape[0], *data.shape[1:])
+    return F.grid_sample(data, grid.to(data.dtype), mode="bilinear", padding_mode=padding, align_corners=True)
+
+
+def compose(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Voxel displacement of ``p -> p + first(p)`` followed by ``second``: first + second(p + first(p))."""
+    return first + warp(second, first, padding="border")
+
+
+def scaling_and_squaring(velocity: torch.Tensor, steps: int) -> torch.Tensor:
+    """exp(velocity): the displacement of the stationary velocity field integrated over t in [0, 1]."""
+    disp = velocity / (2 ** steps)
+    for _ in range(steps):
+        disp = compose(disp, disp)
+    return disp
+
+
+def resize_field(disp: torch.Tensor, shape) -> torch.Tensor:
+    """A voxel displacement resampled to a grid of ``shape`` spanning the same corners (values
+    rescaled to the new voxel size)."""
+    old = disp.shape[-3:]
+    out = F.interpolate(disp, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=True)
+    factor = [(n - 1) / max(o - 1, 1) for n, o in zip(shape[::-1], old[::-1])]  # x, y, z
+    return out * torch.tensor(factor, dtype=disp.dtype, device=disp.device).view(1, 3, 1, 1, 1)
+
+
+def smooth(disp: torch.Tensor, passes: int = 2, radius: int = 1) -> torch.Tensor:
+    """Box smoothing (replicated borders), ``passes`` times: ConvexAdam's global regularization."""
+    k = 2 * radius + 1
+    for _ in range(passes):
+        disp = F.avg_pool3d(F.pad(disp, (radius,) * 6, mode="replicate"), k, stride=1)
+    return disp
+
+
+def voxel_to_lps(disp: torch.Tensor, grid: Image) -> torch.Tensor:
+    """(3, Z, Y, X) LPS mm displacement ``direction @ (spacing * disp)`` of a (1, 3, Z, Y, X) voxel one."""
+    a = torch.as_tensor(grid.direction @ np.diag(grid.spacing), dtype=torch.float64)
+    d = disp[0].detach().to("cpu", torch.float64)
+    return torch.einsum("ij,jzyx->izyx", a, d)
+
+
+def lps_to_voxel(field: Image) -> torch.Tensor:
+    """(1, 3, Z, Y, X) voxel displacement of an LPS mm field Image on its own grid."""
+    if field.channels != 3:
+        raise InputError(f"a displacement field has 3 channels (x, y, z), got {field.channels}")
+    a_inv = torch.as_tensor(np.linalg.inv(field.direction @ np.diag(field.spacing)), dtype=torch.float64)
+    return torch.einsum("ij,jzyx->izyx", a_inv, field.data.to("cpu", torch.float64))[None]
+
+
+def field_image(disp: torch.Tensor, grid: Image) -> Image:
+    """The result field: the LPS displacement (float32) as a 3-channel Image on ``grid``."""
+    return Image(voxel_to_lps(disp, grid).to(torch.float32), grid.spacing.copy(), grid.origin.copy(),
+                 grid.direction.copy())
+
+
+def jacobian_determinant_voxels(disp: torch.Tensor) -> torch.Tensor:
+    """det(I + D disp) (B, Z, Y, X) of a voxel displacement (central differences inside, one-sided
+    at the borders, as ``numpy.gradient``). Equal to the LPS map's determinant: a change of
+    basis leaves it unchanged."""
+    grads = []
+    for dim in (4, 3, 2):  # derivatives along x, y, z
+        n = disp.shape[dim]
+        if n < 2:
+            grads.append(torch.zeros_like(disp))
+            continue
+        inner = (disp.narrow(dim, 2, n - 2) - disp.narrow(dim, 0, n - 2)) / 2.0 if n > 2 else disp.narrow(dim, 0, 0)
+        first = disp.narrow(dim, 1, 1) - disp.narrow(dim, 0, 1)
+        last = disp.narrow(dim, n - 1, 1) - disp.narrow(dim, n - 2, 1)
+        grads.append(torch.cat([first, inner, last], dim=dim))
+    # j[b, r, c] = d disp_r / d x_c + delta_rc
+    j = torch.stack(grads, dim=2)  # (B, 3 rows, 3 cols, Z, Y, X)
+    eye = torch.eye(3, dtype=disp.dtype, device=disp.device).view(1, 3, 3, 1, 1, 1)
+    j = j + eye
+    return (j[:, 0, 0] * (j[:, 1, 1] * j[:, 2, 2] - j[:, 1, 2] * j[:, 2, 1])
+            - j[:, 0, 1] * (j[:, 1, 0] * j[:, 2, 2] - j[:, 1, 2] * j[:, 2, 0])
+            + j[:, 0, 2] * (j[:, 1, 0] * j[:, 2, 1] - j[:, 1, 1] * j[:, 2, 0]))
+
+
+def jacobian_determinant(field: Image) -> np.ndarray:
+    """Jacobian determinant (Z, Y, X) of ``x -> x + field(x)`` for an LPS mm displacement Image."""
+    return jacobian_determinant_voxels(lps_to_voxel(field))[0].numpy()
+
+
+def jacobian_image(field: Image) -> Image:
+    """The Jacobian determinant of ``field`` as a one-channel Image on its grid (for viewing)."""
+    return field.same_geometry(torch.from_numpy(np.ascontiguousarray(jacobian_determinant(field), np.float32))[None])
+
+
+def jacobian_statistics(field: Image, mask=None) -> dict:
+    """Folding statistics of a displacement field over ``mask`` (a (Z, Y, X) or (1, Z, Y, X) bool
+    array/tensor on the field's grid; None: every voxel): the count and percentage of voxels
+    with det J <= 0, the standard deviation of log det J over the positive voxels, and the range."""
+    det = jacobian_determinant(field)
+    if mask is not None:
+        m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        m = m.reshape(det.shape).astype(bool)
+        det = det[m]
+    det = det.ravel()
+    if det.size == 0:
+        raise InputError("the Jacobian statistics mask selects no voxel")
+    nonpositive = int(np.count_nonzero(det <= 0))
+    positive = det[det > 0]
+    return {"voxels": int(det.size), "nonpositive": nonpositive, "percent_nonpositive": 100.0 * nonpositive / det.size,
+            "std_log_jacobian": float(np.std(np.log(positive))) if positive.size else math.nan,
+            "min": float(det.min()), "max": float(det.max()), "mean": float(det.mean())}
+
+
+def smoothness_loss(disp: torch.Tensor) -> torch.Tensor:
+    """First-order (diffusion) regularizer: the mean squared forward difference of a voxel
+    displacement, averaged over the three axes (VoxelMorph's ``Grad('l2')``)."""
+    dz = disp[:, :, 1:] - disp[:, :, :-1]
+    dy = disp[:, :, :, 1:] - disp[:, :, :, :-1]
+    dx = disp[..., 1:] - disp[..., :-1]
+    return ((dx * dx).mean() + (dy * dy).mean() + (dz * dz).mean()) / 3.0
+
+
+def folding_penalty(disp: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
+    """Mean of relu(floor - det J)^2: pushes every Jacobian determinant above ``floor``."""
+    return F.relu(floor - jacobian_determinant_voxels(disp)).pow(2).mean()
+
+
+def control_to_working(disp: torch.Tensor, cell: int, shape) -> torch.Tensor:
+    """Voxel displacement (1, 3, Z, Y, X) on a working grid of ``shape`` from one on a control
+    grid whose point g sits at working voxel ``g * cell + (cell - 1) / 2`` (trilinear, border
+    values held constant outside the control points)."""
+    gz, gy, gx = disp.shape[-3:]
+    axes = []
+    for n, g in zip(shape, (gz, gy, gx)):
+        u = (torch.arange(n, dtype=disp.dtype, device=disp.device) - (cell - 1) / 2.0) / cell
+        axes.append(2.0 * u / max(g - 1, 1) - 1.0)
+    zz, yy, xx = torch.meshgrid(*axes, indexing="ij")
+    grid = torch.stack([xx, yy, zz], dim=-1)[None]
+    return F.grid_sample(disp, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def mean_error_mm(disp: torch.Tensor, truth: torch.Tensor, grid: Image, mask: Optional[torch.Tensor] = None) -> float:
+    """Mean Euclidean distance (mm) between two voxel displacements on ``grid`` (over ``mask``)."""
+    diff = voxel_to_lps(disp - truth, grid).norm(dim=0)
+    if mask is not None:
+        diff = diff[mask.reshape(diff.shape).cpu()]
+    return float(diff.mean())

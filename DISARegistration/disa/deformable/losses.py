@@ -1,0 +1,172 @@
+"""Dense similarity terms and the combined-metric loss (Eq. 1 of combined_similarity_metrics.md).
+
+A :class:`DenseTerm` holds the features of both images on the working grid (MIND-SSC or DISA
+descriptors, or intensities) and scores a voxel displacement in either direction:
+
+- forward: the moving features warped by ``disp`` against the fixed ones;
+- backward: the fixed features warped by ``-disp`` (the inverse to first order) against the
+  moving ones.
+
+Each term is a loss (lower is better) averaged over the voxels where both images have content.
+``combined_loss`` adds ``sum_n w_n (L_n^forward + L_n^backward) + lambda * L_reg``; a term whose
+weight is 0 is left out, so the loss equals that of the remaining terms exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..features.mind import mind_ssc
+from ..similarity.mi import mutual_information, robust_range
+from ..similarity.mind import descriptor_ssd
+from ..similarity.mse import mse
+from ..similarity.ncc import lncc, ncc
+from ..similarity.ngf import mean_gradient_norm, ngf
+from ..spatial import Image, resample_image
+from ..spatial.filters import box_mean
+from .defaults import DENSE_METRICS
+from .fields import smoothness_loss, warp
+
+#: Radius (working voxels) of local normalization (lncc, and ncc's discrete features).
+LOCAL_RADIUS = 2
+
+
+@dataclass
+class DenseTerm:
+    """One similarity measure on the working grid. ``fixed``/``moving``: (1, C, Z, Y, X) features;
+    ``fixed_valid``/``moving_valid``: (1, 1, Z, Y, X) float, 1 where each image has content."""
+
+    name: str
+    fixed: torch.Tensor
+    moving: torch.Tensor
+    fixed_valid: torch.Tensor
+    moving_valid: torch.Tensor
+    spacing: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    def score(self, reference: torch.Tensor, warped: torch.Tensor, region: torch.Tensor,
+              backward: bool = False) -> torch.Tensor:
+        """The loss (scalar) of ``warped`` features against ``reference`` over ``region``."""
+        name = self.name
+        if name in ("mind", "disa"):
+            return -descriptor_ssd(reference[0], warped, region)[0]
+        if name == "mse":
+            return -mse(reference, warped, region)[0]
+        if name == "ncc":
+            return 1.0 - ncc(reference, warped, region)[0]
+        if name == "lncc":
+            return 1.0 - lncc(reference, warped, region, LOCAL_RADIUS)[0]
+        if name == "mi":
+            ranges = self.extra["ranges"]
+            ref_range, warped_range = (ranges[1], ranges[0]) if backward else (ranges[0], ranges[1])
+            return -mutual_information(reference, warped, region, ref_range, warped_range)[0]
+        if name == "ngf":
+            eta = self.extra["eta"]
+            eta_ref, eta_warped = (eta[1], eta[0]) if backward else (eta[0], eta[1])
+            return 1.0 - ngf(reference, warped, region, self.spacing, eta_ref, eta_warped)[0]
+        raise InputError(f"similarity {name!r} has no dense form; use one of {', '.join(DENSE_METRICS)}")
+
+    def forward_loss(self, disp: torch.Tensor) -> torch.Tensor:
+        warped = warp(self.moving, disp)
+        with torch.no_grad():
+            region = (warp(self.moving_valid, disp) > 0.5).to(warped.dtype) * self.fixed_valid
+        return self.score(self.fixed, warped, region)
+
+    def backward_loss(self, disp: torch.Tensor) -> torch.Tensor:
+        warped = warp(self.fixed, -disp)
+        with torch.no_grad():
+            region = (warp(self.fixed_valid, -disp) > 0.5).to(warped.dtype) * self.moving_valid
+        return self.score(self.moving, warped, region, backward=True)
+
+    def discrete_features(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(fixed, moving) features compared by squared differences in the discrete search."""
+        return self.extra.get("discrete", (self.fixed, self.moving))
+
+
+def local_normalize(x: torch.Tensor, radius: int = LOCAL_RADIUS) -> torch.Tensor:
+    """Intensities centred and scaled by their local mean and standard deviation (patch SSD of
+    these is 2 - 2 local NCC)."""
+    mean = box_mean(x, radius)
+    var = (box_mean(x * x, radius) - mean * mean).clamp_min(0.0)
+    return (x - mean) / torch.sqrt(var + 1e-3)
+
+
+def mind_features(image: torch.Tensor, radius: int, dilation: int) -> torch.Tensor:
+    """MIND-SSC (1, 12, Z, Y, X) of a (1, 1, Z, Y, X) image."""
+    return mind_ssc(image, radius=radius, dilation=dilation)
+
+
+def disa_features(image: Image, descriptor, stride: int) -> torch.Tensor:
+    """DISA descriptors (1, 16, Z, Y, X) of a working image, computed at ``stride`` and
+    interpolated back onto the working grid. ``descriptor``: a ``disa.similarity.disa.DISA``."""
+    desc = descriptor.descriptors(image, stride)
+    desc = desc.same_geometry(desc.data.float(), None)
+    return resample_image(desc, image).data[None]
+
+
+def build_term(name: str, fixed: Image, moving: Image, fixed_valid: torch.Tensor, moving_valid: torch.Tensor,
+               mind_radius: int = 1, mind_dilation: int = 2, descriptor=None, stride: int = 2,
+               seed: int = 0) -> DenseTerm:
+    """The DenseTerm ``name`` of two (normalized, 1-channel) images on one working grid."""
+    if name not in DENSE_METRICS:
+        raise InputError(f"similarity {name!r} has no dense form; use one of {', '.join(DENSE_METRICS)}")
+    f = fixed.data[:1].float()[None]
+    m = moving.data[:1].float()[None]
+    spacing = tuple(float(s) for s in fixed.spacing)
+    extra: Dict[str, object] = {}
+    mind_pair = None
+    if name in ("mind", "mi", "ngf"):  # mi and ngf search on MIND-SSC in the discrete step
+        mind_pair = (mind_features(f, mind_radius, mind_dilation), mind_features(m, mind_radius, mind_dilation))
+    if name == "mind":
+        tf, tm = mind_pair
+    elif name == "disa":
+        if descriptor is None:
+            from ..similarity.disa import DISA
+
+            descriptor = DISA()
+        tf, tm = disa_features(fixed, descriptor, stride), disa_features(moving, descriptor, stride)
+    else:
+        tf, tm = f, m
+        if name in ("ncc", "lncc"):
+            extra["discrete"] = (local_normalize(f), local_normalize(m))
+        elif name == "mi":
+            extra["ranges"] = (robust_range(f[0], fixed_valid[0], (0.5, 99.5), seed),
+                               robust_range(m[0], moving_valid[0], (0.5, 99.5), seed))
+        elif name == "ngf":
+            extra["eta"] = (mean_gradient_norm(f[0], spacing, fixed_valid[0]),
+                            mean_gradient_norm(m[0], spacing, moving_valid[0]))
+        if mind_pair is not None:
+            extra["discrete"] = mind_pair
+    return DenseTerm(name, tf, tm, fixed_valid, moving_valid, spacing, extra)
+
+
+def normalized_weights(weights: Sequence[float]) -> Tuple[float, ...]:
+    """Weights scaled to sum to one (the paper's equal weighting of the similarity terms)."""
+    total = float(sum(weights))
+    if not np.isfinite(total) or total <= 0:
+        raise InputError("the similarity weights must be finite and add up to a positive number")
+    return tuple(float(w) / total for w in weights)
+
+
+def combined_loss(terms: Sequence[Tuple[float, DenseTerm]], disp: torch.Tensor, smoothness: float = 1.0,
+                  bidirectional: bool = True, regularizer: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Eq. 1: ``sum_n w_n (L_n^fwd + L_n^bwd) + smoothness * L_reg`` for a (1, 3, Z, Y, X) voxel
+    displacement. Weights are used as given (0 drops a term exactly); ``regularizer``: the
+    regularization term if not the diffusion of ``disp`` itself (e.g. of a velocity field)."""
+    total = None
+    for weight, term in terms:
+        if weight == 0:
+            continue
+        loss = term.forward_loss(disp)
+        if bidirectional:
+            loss = loss + term.backward_loss(disp)
+        total = weight * loss if total is None else total + weight * loss
+    if total is None:
+        raise InputError("a combined loss needs at least one similarity term with a positive weight")
+    if smoothness:
+        total = total + smoothness * (smoothness_loss(disp) if regularizer is None else regularizer)
+    return total

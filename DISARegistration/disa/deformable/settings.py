@@ -1,0 +1,73 @@
+"""Checks of dense registration settings: one clear InputError line before any work starts."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+from ..errors import InputError
+from ..registration.options import check_choice, check_int, check_spacings
+from ..similarity.spec import MetricSpec, parse_metric
+from .defaults import DENSE_DEFAULTS as D
+from .defaults import (
+    DENSE_METHODS,
+    DENSE_METRICS,
+    INTEGRATORS,
+    LINEAR_TRANSFORMS,
+    STRIDES,
+)
+
+MAX_ITERATIONS = 100_000
+DEFAULT_LR = {"deformable": D.lr, "diffeomorphic": D.dense_lr, "neural-ode": D.ode_lr}
+MAX_GRID_SPACING_MM = 100.0
+MAX_SEARCH_RADIUS_MM = 200.0
+
+
+def positive(name: str, value, high: float = math.inf, allow_zero: bool = False) -> float:
+    """A finite number in (0, high] (or [0, high] with ``allow_zero``)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    low_ok = x >= 0 if allow_zero else x > 0
+    if not math.isfinite(x) or not low_ok or x > high:
+        bound = "0 or more" if allow_zero else "positive"
+        raise InputError(f"{name} must be {bound} and finite" + (f", at most {high:g}" if math.isfinite(high) else "")
+                         + f", got {value!r}")
+    return x
+
+
+def check_metric(metric) -> Tuple[MetricSpec, Tuple[Tuple[float, str], ...]]:
+    """The parsed metric and its terms with weights summing to one; only dense measures."""
+    spec = parse_metric(metric)
+    for _, name in spec.terms:
+        if name not in DENSE_METRICS:
+            raise InputError(f"similarity {name!r} has no dense form here; use {', '.join(DENSE_METRICS)} "
+                             "or a weighted sum of them")
+    total = sum(w for w, _ in spec.terms)
+    return spec, tuple((w / total, name) for w, name in spec.terms)
+
+
+def check_dense_settings(transform: str, spacing: Optional[float], grid_spacing_mm, stride, search_radius_mm,
+                         iterations: Optional[int], lr: Optional[float], smoothness: Optional[float],
+                         jacobian_weight, integrator: str, time_steps, seed, linear_transform: str) -> dict:
+    """Checked settings; None values take the method's default (``DENSE_DEFAULTS``)."""
+    transform = check_choice("dense transform", transform, DENSE_METHODS)
+    dense = transform != "deformable"
+    out = {"transform": transform,
+           "spacing": None if spacing is None else check_spacings([spacing], "working spacing")[0],
+           "grid_spacing_mm": positive("the control grid spacing (mm)", grid_spacing_mm, MAX_GRID_SPACING_MM),
+           "stride": int(stride) if stride in STRIDES else None,
+           "search_radius_mm": positive("the search radius (mm)", search_radius_mm, MAX_SEARCH_RADIUS_MM),
+           "iterations": check_int("iterations", D.dense_iterations if iterations is None and dense
+                                   else D.iterations if iterations is None else iterations, 0, MAX_ITERATIONS),
+           "lr": positive("the learning rate", DEFAULT_LR[transform] if lr is None else lr, 1e3),
+           "smoothness": positive("the smoothness weight", (D.dense_smoothness if dense else D.smoothness)
+                                  if smoothness is None else smoothness, 1e6, allow_zero=True),
+           "jacobian_weight": positive("the Jacobian penalty weight", jacobian_weight, 1e6, allow_zero=True),
+           "integrator": check_choice("integrator", integrator, INTEGRATORS),
+           "time_steps": check_int("time steps", time_steps, 1, 1000),
+           "seed": check_int("seed", seed, 0, 2 ** 32 - 1),
+           "linear_transform": check_choice("linear transform", linear_transform, LINEAR_TRANSFORMS)}
+    if out["stride"] is None:
+        raise InputError(f"the descriptor stride must be one of {', '.join(map(str, STRIDES))}, got {stride!r}")
+    return out
