@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from .records import json_default
+from .records import json_default, report_files
 
 #: The issue's targets.
 MIND_OVER_PEERS_POINTS = 20.0          # MIND global over the best peer, 25-100 mm bins
@@ -216,9 +215,7 @@ def plot_errors(doc: dict, path: str) -> None:
 
 def output_files(output_dir):
     """The report's files in ``output_dir``, checked writable (call before the runs)."""
-    from ..outputs import OutputFiles
-
-    return OutputFiles({name: os.path.join(os.fspath(output_dir), name) for name in FILES}, inputs={})
+    return report_files(output_dir, FILES)
 
 
 def write_report(doc: dict, outputs) -> dict:

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import List, Optional
 
 import numpy as np
 
 from .deformable_methods import DIFFEOMORPHIC, ENGINE_DENSE, PEERS
-from .records import json_default
+from .records import json_default, report_files
 
 #: The issue's targets.
 DICE_OVER_PEERS_POINTS = 3.0
@@ -204,9 +203,7 @@ def plot(doc: dict, path: str) -> None:
 
 def output_files(output_dir):
     """The report's files in ``output_dir``, checked writable (call before the runs)."""
-    from ..outputs import OutputFiles
-
-    return OutputFiles({name: os.path.join(os.fspath(output_dir), name) for name in FILES}, inputs={})
+    return report_files(output_dir, FILES)
 
 
 def write_report(doc: dict, outputs) -> dict:

@@ -27,3 +27,11 @@ def json_default(o):
 
 
 __all__ = ["load_average", "json_default"]
+
+
+def report_files(output_dir, names):
+    """A benchmark report's files ``names`` in ``output_dir`` as OutputFiles (written together,
+    all or none), checked writable before the runs."""
+    from ..outputs import OutputFiles
+
+    return OutputFiles({name: os.path.join(os.fspath(output_dir), name) for name in names}, inputs={})
