@@ -35,7 +35,7 @@ import numpy as np
 
 from ..cases import KINDS as CASE_KINDS
 from ..errors import CancelledError, InputError
-from .records import load_average
+from .records import load_average, report_files
 
 BINS = ((0.0, 25.0), (25.0, 50.0), (50.0, 75.0), (75.0, 100.0))
 MAX_ERROR_MM = BINS[-1][1]
@@ -226,7 +226,7 @@ def run_capture(cases: int = 6, runs: int = 8, methods: Optional[Sequence[str]] 
     if image_spacing is not None and not 0.1 <= float(image_spacing) <= 20.0:
         raise InputError(f"the image spacing must lie in [0.1, 20] mm, got {image_spacing!r}")
     resolve_device(device)
-    outputs = capture_report.output_files(output_dir)  # checked before hours of runs
+    outputs = report_files(output_dir, capture_report.FILES)  # checked before hours of runs
     data_dir = find_data_dir(data_dir) if cases else None
     spacings = None if image_spacing is None else [float(image_spacing)]
 

@@ -10,7 +10,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .records import json_default, report_files
+from .records import json_default
 
 #: The issue's targets.
 MIND_OVER_PEERS_POINTS = 20.0          # MIND global over the best peer, 25-100 mm bins
@@ -212,15 +212,9 @@ def plot_errors(doc: dict, path: str) -> None:
     plt.close(fig)
 
 
-
-def output_files(output_dir):
-    """The report's files in ``output_dir``, checked writable (call before the runs)."""
-    return report_files(output_dir, FILES)
-
-
 def write_report(doc: dict, outputs) -> dict:
     """Add the targets and the Markdown to ``doc`` and write the four files together
-    (``outputs``: from :func:`output_files`)."""
+    (``outputs``: ``records.report_files(output_dir, FILES)``)."""
     doc["targets"] = targets(doc)
     text = markdown(doc)
     doc["report_markdown"] = text
@@ -234,4 +228,4 @@ def write_report(doc: dict, outputs) -> dict:
     return {"markdown": text, "files": list(outputs.paths.values())}
 
 
-__all__ = ["FILES", "markdown", "targets", "plot_rate", "plot_errors", "output_files", "write_report"]
+__all__ = ["FILES", "markdown", "targets", "plot_rate", "plot_errors", "write_report"]

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import CancelledError, InputError
-from .records import load_average
+from .records import load_average, report_files
 
 #: Case kinds of the issue: T2-T1 and CT-T1.
 KINDS = ("t2-t1", "ct-mr")
@@ -185,7 +185,7 @@ def run_deformable(cases: int = 2, kinds: Sequence[str] = KINDS, deform: float =
             raise InputError(f"unknown case kind(s) {', '.join(map(repr, bad))}; choose from {', '.join(KINDS)}")
         if not (isinstance(deform, (int, float)) and 0.0 < float(deform) <= MAX_DEFORM_MM):
             raise InputError(f"--deform must lie in (0, {MAX_DEFORM_MM:g}] mm, got {deform!r}")
-    outputs = deformable_report.output_files(output_dir)  # checked before the runs
+    outputs = report_files(output_dir, deformable_report.FILES)  # checked before the runs
 
     def progress(msg: str):
         log.write(msg + "\n")

@@ -12,7 +12,7 @@ from typing import List, Optional
 import numpy as np
 
 from .deformable_methods import DIFFEOMORPHIC, ENGINE_DENSE, PEERS
-from .records import json_default, report_files
+from .records import json_default
 
 #: The issue's targets.
 DICE_OVER_PEERS_POINTS = 3.0
@@ -201,14 +201,9 @@ def plot(doc: dict, path: str) -> None:
     plt.close(fig)
 
 
-def output_files(output_dir):
-    """The report's files in ``output_dir``, checked writable (call before the runs)."""
-    return report_files(output_dir, FILES)
-
-
 def write_report(doc: dict, outputs) -> dict:
     """Add the summaries, targets and Markdown to ``doc`` and write the three files together
-    (``outputs``: from :func:`output_files`)."""
+    (``outputs``: ``records.report_files(output_dir, FILES)``)."""
     summaries(doc)
     doc["targets"] = targets(doc)
     text = markdown(doc)
@@ -227,7 +222,6 @@ __all__ = [
     "DICE_OVER_PEERS_POINTS",
     "FILES",
     "markdown",
-    "output_files",
     "plot",
     "summaries",
     "summarize",
