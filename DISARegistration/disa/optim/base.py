@@ -52,7 +52,7 @@ class Monitor:
 
     def start_done(self, count: int = 1):
         self.starts_done += count
-        self.report()
+        self.report(force=self.starts_done == self.starts)  # a stage's last state always shows
 
     def check(self):
         if self.cancel is not None and self.cancel():
@@ -64,6 +64,15 @@ class Monitor:
         self.total += 1
         self.best = min(self.best, float(cost))
         self.report()
+
+    def scored(self, cost: float):
+        """One pose of a scoring stage: an evaluation that is also a start done (one report; the
+        last pose of the stage always reports, however fast the stage went)."""
+        self.check()
+        self.evals += 1
+        self.total += 1
+        self.best = min(self.best, float(cost))
+        self.start_done()
 
     def report(self, force: bool = False):
         if self.progress is None:

@@ -68,8 +68,7 @@ def score_poses(similarity: Callable[[torch.Tensor], torch.Tensor], poses: np.nd
             scores.append(s)
             if monitor is not None:
                 for v in s:
-                    monitor.evaluated(-float(v))
-                    monitor.start_done()
+                    monitor.scored(-float(v))
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
