@@ -242,19 +242,27 @@ def test_command_line(case, tmp_path, capsys):
         assert not os.path.exists(tmp_path / "bad.h5")
 
 
-def test_slicer_logic_gives_a_transform_node_that_maps_like_the_engine(case, tmp_path):
+def case_scene(case):
+    """A slicer-core scene holding the case's ultrasound ("us") and MR ("mr") as volume nodes."""
     slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
     if not hasattr(slicer, "vtkMRMLScene"):
         pytest.skip("the 'slicer' package here is not slicer-core")
     from DISARegistrationLib import mrml_bridge as bridge
-    from DISARegistrationLib.logic import RegistrationLogic
-    from disa.spatial.frames import lps_to_ras_points, ras_to_lps_points
 
     scene = slicer.vtkMRMLScene()
     nodes = {}
     for name, image in (("us", case.fixed), ("mr", case.moving)):
         nodes[name] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
         bridge.update_volume_node_from_image(nodes[name], image)
+    return scene, nodes
+
+
+def test_slicer_logic_gives_a_transform_node_that_maps_like_the_engine(case, tmp_path):
+    scene, nodes = case_scene(case)
+    from DISARegistrationLib import mrml_bridge as bridge
+    from DISARegistrationLib.logic import RegistrationLogic
+    from disa.spatial.frames import lps_to_ras_points, ras_to_lps_points
+
     logic = RegistrationLogic(scene, device="cpu", threads=1)
     out = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "mr on us")
     node = logic.register(nodes["us"], nodes["mr"], metric="ncc", transform="pressure", search="local",
@@ -281,18 +289,11 @@ def test_slicer_logic_gives_a_transform_node_that_maps_like_the_engine(case, tmp
 def test_slicer_logic_takes_the_probe_from_two_points(case):
     """The panel's probe point list (contact point, then a point deeper along the beam) gives the
     engine exactly the probe position and direction; a list with one point is refused."""
-    slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
-    if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("the 'slicer' package here is not slicer-core")
+    scene, nodes = case_scene(case)
     from DISARegistrationLib import mrml_bridge as bridge
     from DISARegistrationLib.logic import RegistrationLogic
     from disa.errors import InputError
 
-    scene = slicer.vtkMRMLScene()
-    nodes = {}
-    for name, image in (("us", case.fixed), ("mr", case.moving)):
-        nodes[name] = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-        bridge.update_volume_node_from_image(nodes[name], image)
     probe = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "probe")
     bridge.markups_from_points(probe, np.array([case.contact, case.contact + 30.0 * AXIS]))
     logic = RegistrationLogic(scene, device="cpu", threads=1)

@@ -15,11 +15,10 @@ from typing import List, Optional
 from .errors import CancelledError, DISAError, InputError, existing_file
 from .deformable.defaults import DENSE_DEFAULTS, INTEGRATORS, STRIDES
 from .deformable.defaults import LINEAR_TRANSFORMS as DENSE_LINEAR
-from .deformable.settings import positive
 from .registration.defaults import (DEFAULTS, DENSE_TRANSFORMS, FIXED_MASKS, PRECISIONS, SEARCH_PRESETS, SEARCHES,
                                    TRANSFORMS)
 from .registration.options import (MAX_EVALS, MAX_ROTATION_DEG, MAX_SEARCH_SAMPLES, MAX_SEED, MAX_TRANSLATION_MM,
-                                   check_int, check_range, check_spacings)
+                                   check_int, check_range, check_spacings, positive)
 
 METRICS_HELP = ("similarity: lc2 (exact LC2, BOBYQA), disa (learned DISA-LC2 descriptors; needs the "
                 "trained weights in Resources/Models), mind (MIND-SSC, L-BFGS), mi (Parzen mutual "
@@ -423,10 +422,11 @@ def cmd_evaluate(args) -> int:
         overlap = label_statistics(*warp_labels(labels[1], labels[0], tx))
         print(format_label_statistics(overlap))
         report["labels"] = overlap
-    if tx is not None and displacement_fields(tx):
+    fields = [] if tx is None else displacement_fields(tx)
+    if fields:
         from .deformable import jacobian_statistics
 
-        report["jacobian"] = [jacobian_statistics(field) for field in displacement_fields(tx)]
+        report["jacobian"] = [jacobian_statistics(field) for field in fields]
         for j in report["jacobian"]:
             print(f"Jacobian determinant: {j['nonpositive']} voxels <= 0 ({j['percent_nonpositive']:.4f}%), "
                   f"std of log {j['std_log_jacobian']:.4f}")

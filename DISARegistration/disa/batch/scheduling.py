@@ -38,25 +38,12 @@ def case_bytes(spec: CaseSpec, options: Mapping[str, object]) -> int | None:
     """The memory estimate of one case from its file headers (as ``register_files`` checks it),
     or None when a header cannot be read (the case then fails on its own, when it runs)."""
     try:
-        from ..registration.memory import estimate_bytes
-        from ..registration.options import check_spacings
-        from ..registration.pipeline import (
-            default_spacings,
-            level_voxels,
-            reduced_spacing,
-        )
-        from ..similarity import parse_metric
-        from ..similarity.spec import REGISTRY
+        from ..registration.pipeline import file_memory_bytes
         from ..spatial.image import read_volume_info
 
         fixed = read_volume_info(spec.fixed, "fixed image")
         moving = read_volume_info(spec.moving, "moving image")
-        metric = parse_metric(options.get("metric", "mind"))
-        spacings = (check_spacings(options["spacings"]) if options.get("spacings")
-                    else default_spacings(fixed, moving, REGISTRY.get(metric.base)))
-        reduce_to = [reduced_spacing(v, min(spacings) / 2) for v in (fixed, moving)]
-        return int(estimate_bytes(fixed, moving, level_voxels(fixed, moving, spacings, 2), reduce_to,
-                                  metric.names, loading=True))
+        return int(file_memory_bytes(fixed, moving, dict(options)))
     except Exception:  # noqa: BLE001  (an unreadable case is reported when it runs)
         return None
 

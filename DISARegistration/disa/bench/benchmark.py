@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import CancelledError, InputError
-from .records import json_default, load_average
+from .records import choose_methods, json_default, load_average
 
 #: Methods in report order; the first four are this engine's.
 METHODS = ("disa", "lc2", "mind", "mi", "sitk-mi", "elastix")
@@ -64,17 +64,9 @@ def _threading_env() -> Dict[str, str]:
     return {k: os.environ[k] for k in names if k in os.environ}
 
 
-def _check_methods(methods: Optional[Sequence[str]]) -> List[str]:
-    if methods is None:
-        return list(METHODS)
-    chosen = [str(m).strip().lower() for m in methods if str(m).strip()]
-    unknown = [m for m in chosen if m not in METHODS]
-    if unknown:
-        raise InputError(f"unknown benchmark method(s) {', '.join(map(repr, unknown))}; "
-                         f"choose from {', '.join(METHODS)}")
-    if not chosen:
-        raise InputError(f"no benchmark method given; choose from {', '.join(METHODS)}")
-    return [m for m in METHODS if m in chosen]
+def _check_methods(methods: Optional[Sequence[str]]) -> list:
+    """Known method names in report order (None: every method)."""
+    return choose_methods(methods, METHODS, "benchmark")
 
 
 def perturbations(runs: int, max_rotation: float, max_translation: float, seed: int, center) -> List[dict]:

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..cases import KINDS as CASE_KINDS
 from ..errors import CancelledError, InputError
-from .records import load_average, report_files
+from .records import load_average, open_runners, report_files
 
 BINS = ((0.0, 25.0), (25.0, 50.0), (50.0, 75.0), (75.0, 100.0))
 MAX_ERROR_MM = BINS[-1][1]
@@ -270,19 +270,14 @@ def run_capture(cases: int = 6, runs: int = 8, methods: Optional[Sequence[str]] 
 
     results, runners = {}, {}
     try:
-        for method in chosen:
-            runner = MethodRunner(method, device, threads, spacings, seed)
-            entry = {"settings": runner.settings(), "available": True, "runs": []}
-            results[method] = entry
-            reason = runner.available()
-            if reason is not None:
-                entry.update(available=False, reason=reason)
-                progress(f"[{method}] skipped: {reason}")
-                continue
-            runners[method] = runner
-            f, m, mask = prepared[plan[0]["case"]]
+        open_runners(chosen, lambda method: MethodRunner(method, device, threads, spacings, seed), progress,
+                     results, runners, not_run="skipped")
+        f, m, mask = prepared[plan[0]["case"]]
+        first = move_image(m, plan[0]["matrix"])
+        for method, runner in list(runners.items()):  # one untimed run each, on the first start
+            entry = results[method]
             try:
-                runner.warm_up(f, move_image(m, plan[0]["matrix"]), mask)
+                runner.warm_up(f, first, mask)
             except (KeyboardInterrupt, CancelledError):
                 raise
             except ElastixCrashed as exc:

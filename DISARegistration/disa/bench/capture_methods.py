@@ -19,6 +19,7 @@ import time
 from typing import Optional, Sequence, Tuple
 
 from ..errors import InputError
+from .records import choose_methods
 
 #: Method name -> (metric, search) of the engine's methods.
 ENGINE_METHODS = {"mind-local": ("mind", "local"), "mind-global": ("mind", "global"),
@@ -42,15 +43,7 @@ def global_ranges() -> Tuple[float, float]:
 
 def check_methods(methods: Optional[Sequence[str]]) -> list:
     """Known method names in report order (None: every method)."""
-    if methods is None:
-        return list(METHODS)
-    chosen = [str(m).strip().lower() for m in methods if str(m).strip()]
-    unknown = [m for m in chosen if m not in METHODS]
-    if unknown:
-        raise InputError(f"unknown capture method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(METHODS)}")
-    if not chosen:
-        raise InputError(f"no method given; choose from {', '.join(METHODS)}")
-    return [m for m in METHODS if m in chosen]
+    return choose_methods(methods, METHODS, "capture")
 
 
 def ants_available() -> Optional[str]:

@@ -31,7 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import CancelledError, InputError
-from .records import load_average, report_files
+from .records import load_average, open_runners, report_files
 
 #: Case kinds of the issue: T2-T1 and CT-T1.
 KINDS = ("t2-t1", "ct-mr")
@@ -202,16 +202,8 @@ def run_deformable(cases: int = 2, kinds: Sequence[str] = KINDS, deform: float =
 
     results, runners = {}, {}
     try:
-        for method in chosen:
-            runner = MethodRunner(method, threads, seed, dense, spacings)
-            entry = {"settings": runner.settings(), "available": True, "runs": []}
-            results[method] = entry
-            reason = runner.available()
-            if reason is not None:
-                entry.update(available=False, reason=reason)
-                progress(f"[{method}] not run: {reason}")
-                continue
-            runners[method] = runner
+        open_runners(chosen, lambda method: MethodRunner(method, threads, seed, dense, spacings), progress,
+                     results, runners)
         if any(m in runners for m in ("rigid", "deformable", "diffeomorphic", "neural-ode")):
             MethodRunner("rigid", threads).warm_up(all_cases[0])
         for i, case in enumerate(all_cases):

@@ -31,6 +31,7 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
+from .records import choose_methods
 
 ENGINE_DENSE = ("deformable", "diffeomorphic", "neural-ode")
 PEERS = ("elastix", "ants", "convexadam")
@@ -67,16 +68,7 @@ class MethodOutput:
 
 def check_methods(methods: Optional[Sequence[str]]) -> list:
     """Known method names in report order (None: every method)."""
-    if methods is None:
-        return list(METHODS)
-    chosen = [str(m).strip().lower() for m in methods if str(m).strip()]
-    unknown = [m for m in chosen if m not in METHODS]
-    if unknown:
-        raise InputError(f"unknown deformable method(s) {', '.join(map(repr, unknown))}; "
-                         f"choose from {', '.join(METHODS)}")
-    if not chosen:
-        raise InputError(f"no method given; choose from {', '.join(METHODS)}")
-    return [m for m in METHODS if m in chosen]
+    return choose_methods(methods, METHODS, "deformable")
 
 
 # child-process side ---------------------------------------------------------------------------

@@ -35,3 +35,35 @@ def report_files(output_dir, names):
     from ..outputs import OutputFiles
 
     return OutputFiles({name: os.path.join(os.fspath(output_dir), name) for name in names}, inputs={})
+
+
+def choose_methods(methods, known, suite: str) -> list:
+    """The known method names asked for (None: all), in ``known``'s (the report's) order; an
+    unknown or empty choice is refused naming ``suite``'s methods."""
+    from ..errors import InputError
+
+    if methods is None:
+        return list(known)
+    chosen = [str(m).strip().lower() for m in methods if str(m).strip()]
+    unknown = [m for m in chosen if m not in known]
+    if unknown:
+        raise InputError(f"unknown {suite} method(s) {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
+    if not chosen:
+        raise InputError(f"no {suite} method given; choose from {', '.join(known)}")
+    return [m for m in known if m in chosen]
+
+
+def open_runners(methods, make_runner, progress, results: dict, runners: dict, not_run: str = "not run") -> None:
+    """For each method, ``make_runner(method)``, its entry in ``results`` (settings, available,
+    runs) and, when it can run, the runner in ``runners``; one that cannot says why in
+    ``progress``. The dicts are the caller's, so a ``finally`` there closes whatever opened."""
+    for method in methods:
+        runner = make_runner(method)
+        entry = {"settings": runner.settings(), "available": True, "runs": []}
+        results[method] = entry
+        reason = runner.available()
+        if reason is not None:
+            entry.update(available=False, reason=reason)
+            progress(f"[{method}] {not_run}: {reason}")
+            continue
+        runners[method] = runner

@@ -311,13 +311,12 @@ def _render(o: dict, data_dir: str) -> SyntheticCase:
 def _displacement_image(fixed, bumps: Bumps):
     """D on a ``FIELD_SPACING_MM`` grid over the fixed box (3 channels x, y, z in LPS mm)."""
     from ..spatial import Image
+    from ..transforms.displacement import grid_points
 
     size = np.maximum(np.ceil(fixed.extent() / FIELD_SPACING_MM).astype(int) + 1, 2)
     origin = fixed.center() - fixed.direction @ (FIELD_SPACING_MM * (size - 1) / 2.0)
     grid = Image(torch.zeros(1, *size[::-1].tolist()), np.full(3, FIELD_SPACING_MM), origin, fixed.direction)
-    k, j, i = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in size[::-1]], indexing="ij")
-    idx = np.stack([i, j, k], -1)
-    pts = idx @ grid.index_to_world()[:3, :3].T + grid.index_to_world()[:3, 3]
+    pts = grid_points(grid)
     d = bumps.inverse_offsets(pts.reshape(-1, 3)).reshape(pts.shape)
     return grid.same_geometry(torch.from_numpy(np.moveaxis(d, -1, 0).astype(np.float64)), None)
 

@@ -25,7 +25,7 @@ from ..registration.options import check_int
 from ..registration.pipeline import prepare_image, resolve_device
 from ..registration.result import LevelReport, RegistrationResult
 from ..spatial import Image, resample_image
-from ..spatial.image import gaussian_blur
+from ..spatial.image import anti_alias_sigma, gaussian_blur
 from ..threads import machine_threads, torch_threads
 from .defaults import DENSE_DEFAULTS as D
 from .diffeomorphic import register_neural_ode, register_svf
@@ -59,8 +59,7 @@ def linear_matrix(linear) -> np.ndarray:
 def on_grid(image: Image, grid: Image, matrix: Optional[np.ndarray] = None) -> Image:
     """``image`` anti-aliased for and resampled onto ``grid`` (through ``matrix``)."""
     ratio = float(np.mean(grid.spacing)) / image.spacing
-    sigma = 0.5 * np.sqrt(np.maximum(ratio ** 2 - 1.0, 0.0))
-    blurred = image.same_geometry(gaussian_blur(image.data.float(), sigma), image.mask)
+    blurred = image.same_geometry(gaussian_blur(image.data.float(), anti_alias_sigma(ratio)), image.mask)
     return resample_image(blurred, grid, matrix)
 
 

@@ -1,11 +1,10 @@
 """Checks of dense registration settings: one clear InputError line before any work starts."""
 from __future__ import annotations
 
-import math
 from typing import Optional, Tuple
 
 from ..errors import InputError
-from ..registration.options import check_choice, check_int, check_spacings
+from ..registration.options import check_choice, check_int, check_spacings, positive
 from ..similarity.spec import MetricSpec, parse_metric
 from .defaults import DENSE_DEFAULTS as D
 from .defaults import (
@@ -20,20 +19,6 @@ MAX_ITERATIONS = 100_000
 DEFAULT_LR = {"deformable": D.lr, "diffeomorphic": D.dense_lr, "neural-ode": D.ode_lr}
 MAX_GRID_SPACING_MM = 100.0
 MAX_SEARCH_RADIUS_MM = 200.0
-
-
-def positive(name: str, value, high: float = math.inf, allow_zero: bool = False) -> float:
-    """A finite number in (0, high] (or [0, high] with ``allow_zero``)."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    low_ok = x >= 0 if allow_zero else x > 0
-    if not math.isfinite(x) or not low_ok or x > high:
-        bound = "0 or more" if allow_zero else "positive"
-        raise InputError(f"{name} must be {bound} and finite" + (f", at most {high:g}" if math.isfinite(high) else "")
-                         + f", got {value!r}")
-    return x
 
 
 def check_metric(metric) -> Tuple[MetricSpec, Tuple[Tuple[float, str], ...]]:

@@ -58,20 +58,20 @@ class Monitor:
         if self.cancel is not None and self.cancel():
             raise CancelledError("registration cancelled")
 
-    def evaluated(self, cost: float):
+    def _count(self, cost: float):
         self.check()
         self.evals += 1
         self.total += 1
         self.best = min(self.best, float(cost))
+
+    def evaluated(self, cost: float):
+        self._count(cost)
         self.report()
 
     def scored(self, cost: float):
         """One pose of a scoring stage: an evaluation that is also a start done (one report; the
         last pose of the stage always reports, however fast the stage went)."""
-        self.check()
-        self.evals += 1
-        self.total += 1
-        self.best = min(self.best, float(cost))
+        self._count(cost)
         self.start_done()
 
     def report(self, force: bool = False):

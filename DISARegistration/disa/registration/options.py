@@ -61,6 +61,20 @@ def check_range(name: str, value, high: float) -> float:
     return x
 
 
+def positive(name: str, value, high: float = math.inf, allow_zero: bool = False) -> float:
+    """A finite number in (0, high] (or [0, high] with ``allow_zero``)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    low_ok = x >= 0 if allow_zero else x > 0
+    if not math.isfinite(x) or not low_ok or x > high:
+        bound = "0 or more" if allow_zero else "positive"
+        raise InputError(f"{name} must be {bound} and finite" + (f", at most {high:g}" if math.isfinite(high) else "")
+                         + f", got {value!r}")
+    return x
+
+
 def check_choice(name: str, value, choices: Sequence[str]) -> str:
     text = str(value).lower()
     if text not in choices:

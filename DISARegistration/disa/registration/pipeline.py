@@ -419,6 +419,12 @@ def register_files(fixed_path, moving_path, initial_transform_path=None, **kwarg
 
 def check_file_memory(fixed: Volume, moving: Volume, options: dict) -> None:
     """The memory check of ``register`` for images still on disk (their reading included)."""
+    check_memory(file_memory_bytes(fixed, moving, options))
+
+
+def file_memory_bytes(fixed: Volume, moving: Volume, options: dict) -> int:
+    """Bytes ``register`` needs for images still on disk with ``options`` (its keywords), their
+    reading included (what ``check_file_memory`` checks; a cohort plans its workers with it)."""
     oversample = options.get("oversample", 2)
     metric = options.get("metric", DEFAULTS.metric)
     spec = None if isinstance(metric, Similarity) else parse_metric(metric)
@@ -427,5 +433,5 @@ def check_file_memory(fixed: Volume, moving: Volume, options: dict) -> None:
     spacings = (check_spacings(options["spacings"]) if options.get("spacings")
                 else default_spacings(fixed, moving, measure))
     reduce_to = [reduced_spacing(v, min(spacings) / oversample) for v in (fixed, moving)]
-    check_memory(estimate_bytes(fixed, moving, level_voxels(fixed, moving, spacings, oversample), reduce_to,
-                                names, loading=True))
+    return estimate_bytes(fixed, moving, level_voxels(fixed, moving, spacings, oversample), reduce_to, names,
+                          loading=True)

@@ -86,25 +86,22 @@ class RegistrationResult:
         return self.field is None and self.compression is None
 
     def save_transform(self, path) -> None:
-        """Write an ITK transform file (.h5, .tfm) usable to resample the moving image; a
-        probe-pressure result is a composite of the rigid part and a displacement field."""
-        from ..transforms.itk_io import write_itk_transform, write_sitk_transform
+        """Write an ITK transform file (.h5, .tfm) usable to resample the moving image: the
+        transform of :meth:`sitk_transform`."""
+        from ..transforms.itk_io import write_sitk_transform
 
-        if not self.linear:
-            write_sitk_transform(path, self.sitk_transform())
-            return
-        kind = "rigid" if self.transform == "rigid" else "affine"
-        write_itk_transform(path, self.matrix, center=self.center, kind=kind)
+        write_sitk_transform(path, self.sitk_transform())
 
     def sitk_transform(self):
         """The result as a SimpleITK transform (what :meth:`save_transform` writes): the linear
-        part, or a composite of it and the displacement field, which ITK applies first."""
-        from ..transforms.itk_io import composite_to_sitk, linear_kind, matrix_to_sitk
+        part (Euler3D for a rigid result, else affine), or a composite of it and the displacement
+        field, which ITK applies first."""
+        from ..transforms.itk_io import composite_to_sitk, matrix_to_sitk
 
         field = self.displacement_field()
         if field is not None:
             return composite_to_sitk(self.matrix, self.center, field)
-        return matrix_to_sitk(self.matrix, center=self.center, kind=linear_kind(self.matrix))
+        return matrix_to_sitk(self.matrix, center=self.center, kind="rigid" if self.transform == "rigid" else "affine")
 
     def transform_points(self, points) -> np.ndarray:
         """(N, 3) fixed LPS points -> moving LPS points (the displacement first, if any)."""

@@ -406,6 +406,13 @@ def _blur_axis(x: torch.Tensor, kernel: List[float], dim: int) -> torch.Tensor:
     return out
 
 
+def anti_alias_sigma(factor):
+    """Gaussian sigma (in source voxels) that anti-aliases a resampling coarser by ``factor``
+    (new spacing over old, a number or an array); 0 where the grid does not get coarser."""
+    factor = np.asarray(factor, dtype=np.float64)
+    return 0.5 * np.sqrt(np.maximum(factor ** 2 - 1.0, 0.0))
+
+
 def resample_to_spacing(image: Image, spacing: Union[float, Sequence[float]],
                         resolution: Union[float, Sequence[float], None] = None) -> Image:
     """The same box resampled at ``spacing`` mm, with Gaussian anti-aliasing when coarsening.
@@ -421,7 +428,7 @@ def resample_to_spacing(image: Image, spacing: Union[float, Sequence[float]],
     new_size = np.maximum(np.round(image.extent() / new_spacing).astype(int), 2)
     center = image.center()
     origin = center - image.direction @ (new_spacing * (new_size - 1) / 2.0)
-    sigma = 0.5 * np.sqrt(np.maximum(factor ** 2 - 1.0, 0.0))
+    sigma = anti_alias_sigma(factor)
     target = Image(torch.zeros(1, *new_size[::-1].tolist()), new_spacing, origin, image.direction)
     if image.shape[0] > 1 and int(np.prod(image.shape)) > SLAB_VOXELS:
         out = _resample_in_slabs(image, target, sigma)

@@ -22,7 +22,6 @@ Never used for training: RESECT Case 24 (evaluation case, refused by
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -30,6 +29,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..spatial.image import anti_alias_sigma
 from ..threads import torch_threads
 from .heldout import HELDOUT_PAIRS, HELDOUT_SEED
 from .synth import (A_APPEARANCES, TEMPLATES, PairSpec, VolumePair, corrupt, load_ultrasound, make_pair,
@@ -91,7 +91,7 @@ def band_limit(volume: np.ndarray, scale: float) -> np.ndarray:
     """Anti-alias a volume before crops with a voxel step of ``scale`` are cut from it."""
     if scale <= 1.0:
         return volume
-    return ndimage.gaussian_filter(volume, 0.5 * math.sqrt(scale * scale - 1.0))
+    return ndimage.gaussian_filter(volume, float(anti_alias_sigma(scale)))
 
 
 def _template_spec(rng: np.random.Generator, seed: int, path: str) -> PairSpec:

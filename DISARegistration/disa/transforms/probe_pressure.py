@@ -285,10 +285,3 @@ class ProbePressure(Rigid):
         x = np.asarray(params, dtype=np.float64).reshape(-1)
         return Compression(self.position.copy(), self.direction.copy(), float(x[6]), float(x[7]),
                            self.region.copy(), self.found)
-
-
-def pressure_to_sitk(matrix, center, compression: Compression):
-    """The SimpleITK transform of ``x -> matrix (x + d(x))`` (see ``itk_io.composite_to_sitk``)."""
-    from .itk_io import composite_to_sitk
-
-    return composite_to_sitk(matrix, center, compression.field())
