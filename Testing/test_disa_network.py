@@ -286,7 +286,10 @@ def test_disa_prepare_grids_and_single_cnn_run(disa_level, case24_images):
     calls = []
     model.register_forward_hook(lambda *args: calls.append(1))
     sim = DISA(model=model, cache=DescriptorCache(), stride=4)  # (registration's default is 2)
-    assert sim.at_scale(0.5) is sim and sim.name == "disa" and DISA(model=model).stride == 2
+    assert sim.at_scale(1.0) is sim and sim.name == "disa" and DISA(model=model).stride == 2
+    coarse = sim.at_scale(0.5)  # a coarse level: stride 4, plain trilinear, every point weighted
+    assert (coarse.stride, coarse.sampling, coarse.border) == (4, "linear", 0)
+    assert coarse.at_scale(0.5) is coarse
     prep = sim.prepare(fl, ml)
     # Both grids: stride 4 at the fixed level's spacing (the moving level, oversampled 2x, is
     # described at the fixed spacing), each with its image's own origin.
@@ -309,7 +312,7 @@ def test_disa_points_sample_where_the_dense_grid_does(disa_level, case24_images)
     """Only weighted points are warped: their sampling positions are those of the whole
     descriptor grid under the same poses (affine_grid), and zero-weight points are left out."""
     fl, ml = disa_level
-    prep = DISA(model=distinct_model(16), cache=DescriptorCache()).prepare(fl, ml)
+    prep = DISA(model=distinct_model(16), cache=DescriptorCache(), sampling="linear").prepare(fl, ml)
     obj = Objective(prep, fl, ml, make_model("rigid", case24_images[0].center()))
     params = torch.tensor([[0, 0, 0, 0, 0, 0], [4, -3, 2, 5, -6, 3.0], [-8, 1, 6, -2, 9, -4]], dtype=torch.float64)
     m = obj.matrices(params)
@@ -318,6 +321,20 @@ def test_disa_points_sample_where_the_dense_grid_does(disa_level, case24_images)
     x, y, z = prep.points.T
     np.testing.assert_allclose(obj.grid(m)[:, 0, 0].numpy(), dense[:, z, y, x].numpy(), atol=1e-5)
     assert 0 < len(x) < int(np.prod(obj.fixed.shape))  # the fan: far fewer points than the grid
+
+
+def test_jittered_points_stay_in_their_cell_and_repeat(disa_level):
+    """Jittered sampling moves each fixed point within its own descriptor cell by a seeded
+    offset: the same offsets on every preparation, spread over the whole cell, the fixed
+    descriptors and weights unchanged."""
+    fl, ml = disa_level
+    model = distinct_model(16)
+    plain = DISA(model=model, cache=DescriptorCache(), sampling="linear").prepare(fl, ml)
+    one, two = (DISA(model=model, cache=DescriptorCache(), sampling="jittered").prepare(fl, ml) for _ in range(2))
+    offsets = (one.points - plain.points.double()).numpy()
+    assert np.array_equal(one.points.numpy(), two.points.numpy())
+    assert np.abs(offsets).max() <= 0.5 and offsets.std(axis=0).min() > 0.25  # uniform: std 0.29
+    assert torch.equal(one.weighted_fixed, plain.weighted_fixed)
 
 
 def test_quantized_and_float_similarity_agree(disa_level, case24_images):
@@ -376,7 +393,8 @@ def test_leaving_the_field_of_view_never_pays(case24_images):
     f, mv = case24_images
     fixed = prepare_image(resample_image(mv, f), "fixed", mask=f.mask)
     fl, ml = resample_to_spacing(fixed, 2.0), moving_level(mv, 2.0)
-    sim = DISA(model=distinct_model(14), cache=DescriptorCache())
+    # border 0: the points next to the fixed faces are the first to leave the view
+    sim = DISA(model=distinct_model(14), cache=DescriptorCache(), border=0)
     obj = Objective(sim.prepare(fl, ml), fl, ml, make_model("rigid", f.center()))
     assert_leaving_view_never_pays(obj)
     far = torch.zeros(1, 6, dtype=torch.float64)
@@ -482,3 +500,17 @@ def test_similarity_map_rejects_bad_requests(mr_small):
         similarity_map(mr_small.origin - 500.0, mr_small, mr_small, "mind")
     with pytest.raises(InputError, match="unknown similarity map metric"):
         similarity_map(mr_small.center(), mr_small, mr_small, "ssd")
+
+
+def test_inside_faces_drops_descriptors_near_the_faces_only():
+    from disa.similarity.disa import inside_faces
+
+    keep = inside_faces((96, 96, 40), (48, 48, 20), stride=2, border=8)[0]
+    # 96 voxels: descriptors at 0, 2, ..., 94; kept from voxel 8 to 87 (40 of 48)
+    assert keep.shape == (48, 48, 20) and int(keep[:, 0, 0].sum()) == 0
+    z = keep[:, 24, 10].nonzero().flatten()
+    assert (int(z.min()) * 2, int(z.max()) * 2) == (8, 86)
+    # 40 voxels: the border shrinks to 5 (an eighth), so 3/4 of the axis stays
+    x = keep[24, 24].nonzero().flatten()
+    assert (int(x.min()) * 2, int(x.max()) * 2) == (6, 34)
+    assert bool(inside_faces((96, 96, 40), (48, 48, 20), 2, 0).all())

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..similarity.base import Prepared
 from ..spatial import Image
+from ..spatial.bspline import sample_cubic
 from ..spatial.image import _index_to_normalized, normalized_to_world, sample, world_to_normalized
 from ..transforms.linear import LinearModel
 
@@ -93,8 +94,11 @@ class Objective:
             warped, valid = self.warp(grid)
         else:  # no validity mask: one grid_sample, no mask sampling or comparisons
             src = self.prepared.moving
-            warped = F.grid_sample(src[None].expand(grid.shape[0], *src.shape), grid.to(src.dtype),
-                                   padding_mode="zeros", align_corners=True)
+            if self.prepared.interpolation == "cubic":
+                warped = sample_cubic(src, grid)
+            else:
+                warped = F.grid_sample(src[None].expand(grid.shape[0], *src.shape), grid.to(src.dtype),
+                                       padding_mode="zeros", align_corners=True)
             valid = None
         self.n_evals += grid.shape[0]
         return self.prepared.evaluate(warped, valid)

@@ -34,11 +34,15 @@ class Prepared:
     (N, 3) voxel indices (x, y, z) of the fixed grid that carry weight. The objective then
     warps only those, handing ``evaluate`` features of shape (B, C, 1, 1, N); ``fixed_mask``
     is then None or of shape (1, 1, 1, N). ``needs_valid`` False: ``evaluate`` ignores the
-    validity mask, so the objective does not compute it.
+    validity mask, so the objective does not compute it; such a measure may sample its moving
+    features by cubic B-spline (``interpolation``).
     """
 
     points: Optional[torch.Tensor] = None
     needs_valid: bool = True
+    #: How measures without a validity mask sample the moving features: "linear" (trilinear) or
+    #: "cubic" (cubic B-spline, the same blur at every sub-voxel offset; ``spatial.bspline``).
+    interpolation: str = "linear"
 
     def __init__(self, moving: torch.Tensor, fixed_mask: Optional[torch.Tensor],
                  fixed_grid: Optional[Image] = None, moving_grid: Optional[Image] = None):
