@@ -25,10 +25,10 @@ gradient with respect to the pose flows through the warp, never through the CNN.
   same held-out figures (shipped weights: median 1.16/1.17 mm; oracle 0.36/0.36 mm); coarse
   levels sample plainly (``at_scale``).
 - Faces of the fixed image (``border``, default 8 input voxels, at most an eighth of the axis,
-  finest level only: see ``at_scale``): descriptors that close to a
-  face of the fixed grid see the network's zero padding where the field of view cuts through
-  anatomy; no moving patch looks like that at the truth, so they carry no weight (a CT-T1
-  held-out pair cut to a 96 mm box: oracle 4.5 mm off with them, 0.4 mm without).
+  finest level only: see ``at_scale``): descriptors that close to a face of the fixed grid see
+  the network's zero padding where the field of view cuts through anatomy; no moving patch
+  looks like that at the truth, so they carry no weight (a CT-T1 held-out pair cut to a 96 mm
+  box: oracle 4.5 mm off with them, 0.4 mm without).
 - Weights ``w``: the local variance of the fixed level image at radius ``weight_radius``
   (LC²'s own weighting: flat patches carry no information), averaged over each descriptor's
   4x4x4 footprint, zero outside the fixed mask.
@@ -123,15 +123,20 @@ class PreparedDISA(Prepared):
     over one moving-grid cell. With descriptor grids 4 voxels apart, a hard cut would switch
     whole planes of points on and off at once and make the objective jump as the pose moves
     (steps of several percent on Case 24), which misleads gradient-based optimizers.
+    ``sampling`` (see the module notes): "jittered" moves the points within their cells, "cubic"
+    has the objective sample the moving descriptors by cubic B-spline.
     """
 
     needs_valid = False
 
     def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor,
-                 fixed_grid: Image, moving_grid: Image):
+                 fixed_grid: Image, moving_grid: Image, sampling: str = "linear"):
         super().__init__(moving, None, fixed_grid, moving_grid)
         zyx = torch.nonzero(weights[0] > 0)
         self.points = zyx.flip(1)  # (N, 3) voxel indices (x, y, z)
+        if sampling == "jittered":
+            self.points = jittered(self.points)
+        self.interpolation = "cubic" if sampling == "cubic" else "linear"
         w = weights[0][tuple(zyx.T)]
         # fixed descriptor times its share of the total weight: the value is one contraction
         self.weighted_fixed = fixed[:, zyx[:, 0], zyx[:, 1], zyx[:, 2]] * (w / weights.sum()).to(fixed.dtype)
@@ -224,11 +229,7 @@ class DISA(Similarity):
         fixed_grid = f_desc.same_geometry(torch.zeros(1, *f_desc.shape, device=f_desc.data.device),
                                           f_desc.mask)
         moving_data = m_desc.data * m_desc.mask.to(m_desc.data.dtype)
-        prepared = PreparedDISA(f_desc.data, moving_data, w, fixed_grid, moving_grid)
-        prepared.interpolation = "cubic" if self.sampling == "cubic" else "linear"
-        if self.sampling == "jittered":
-            prepared.points = jittered(prepared.points)
-        return prepared
+        return PreparedDISA(f_desc.data, moving_data, w, fixed_grid, moving_grid, self.sampling)
 
     @classmethod
     def fine_spacing(cls, finest: float, extent: float) -> float:
@@ -240,9 +241,9 @@ class DISA(Similarity):
         spacing by construction, at stride 4: a coarse level only has to find the basin (its
         global search scores hundreds of poses), and 8x fewer points make it 8x cheaper. For
         the same reason it samples plainly (trilinear, no jitter): a lattice bias of a voxel or
-        two there is corrected by the finer levels. All its fixed
-        points carry weight (no ``border``): 8 voxels of a 2 mm level are 16 mm, which would leave
-        little of an ultrasound volume cropped tightly to its fan (Case 24's is)."""
+        two there is corrected by the finer levels. All its fixed points carry weight (no
+        ``border``): 8 voxels of a 2 mm level are 16 mm, which would leave little of an
+        ultrasound volume cropped tightly to its fan (Case 24's is)."""
         if factor >= 1.0 or (self.stride == 4 and self.moving_stride is None and self.border == 0
                              and self.sampling == "linear"):
             return self

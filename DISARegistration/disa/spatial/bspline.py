@@ -13,8 +13,9 @@ blur, wherever it falls.
 The 4x4x4 taps are computed as 8 trilinear ``grid_sample`` lookups (Sigg & Hadwiger, "Fast
 third-order texture filtering", GPU Gems 2, 2005): per axis, the weights of taps -1, 0 and of
 taps +1, +2 are positive and are folded into one linear lookup each. Outside the source the
-features read 0, as with ``padding_mode="zeros"``. One ``grid_sample`` call does all 8. Differentiable with respect to the grid (the
-spline is C², the lookups are exact for every offset inside a cell).
+features read 0, as with ``padding_mode="zeros"``. One ``grid_sample`` call does all 8.
+Differentiable with respect to the grid (the spline is C², the lookups are exact for every
+offset inside a cell).
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 
-def _axis_lookups(x: torch.Tensor, n: int):
-    """For voxel coordinates ``x`` along an axis of ``n`` voxels: the two lookup positions
-    (voxel units) and their weights."""
+def _axis_lookups(x: torch.Tensor):
+    """For voxel coordinates ``x`` along an axis: the two lookup positions (voxel units) and
+    their weights."""
     i = torch.floor(x)
     t = x - i
     t2, t3 = t * t, t * t * t
@@ -49,7 +50,7 @@ def sample_cubic(source: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     for k, n in enumerate(sizes):
         scale = (n - 1) / 2.0
         x = (grid[..., k] + 1) * scale  # voxel units
-        axes.append([((h / scale) - 1 if n > 1 else h * 0, g) for h, g in _axis_lookups(x, n)])
+        axes.append([((h / scale) - 1 if n > 1 else h * 0, g) for h, g in _axis_lookups(x)])
     # the 8 lookups in one grid_sample call (stacked along z), then their weighted sum
     coords, weights = [], []
     for hx, gx in axes[0]:
