@@ -158,6 +158,18 @@ def test_tiled_inference_equals_whole_volume(monkeypatch):
     assert float((bad.data - whole.data).abs().max()) > 1e-4
 
 
+def test_auto_tiling_keeps_a_256_volume_in_one_piece(monkeypatch):
+    """A 256^3 volume is padded to 257^3 (the last descriptor reaches the last voxel); tiling
+    it doubled the cost on a GPU. On CUDA the choice follows the free memory."""
+    fits = descriptors_module.fits_untiled
+    assert fits((257, 257, 257), torch.device("cpu")) and not fits((300, 300, 300), torch.device("cpu"))
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * gib, 80 * gib))
+    assert fits((512, 512, 300), torch.device("cuda"))  # 20 GiB for one pass: fits half of 80
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * gib, 80 * gib))
+    assert not fits((257, 257, 257), torch.device("cuda"))
+
+
 @pytest.mark.parametrize("stride", [2, 1])
 def test_substride_descriptors_are_the_network_on_shifted_inputs(stride):
     """One "a trous" pass equals the stride-4 network run on inputs shifted by d, wherever the

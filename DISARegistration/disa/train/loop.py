@@ -280,15 +280,20 @@ def _train(config: TrainConfig, progress) -> dict:
         initial = DISANet()
         initial.load_state_dict(model.state_dict())
     t_start = time.perf_counter()
-    curve = CurveSet(curve_pairs(config.source_dir, config.curve_pairs), config.curve_crops, device=device)
-    baselines = curve.baselines(initial.to(device) if initial is not None else None)
-    if step0 == 0:
-        history.append({"step": 0, **curve.evaluate(model), "seconds": 0.0})
-    progress(f"learning curve: {len(curve.a)} held-out crop pairs from {len(curve.names)} volume pairs "
-             f"({time.perf_counter() - t_start:.0f} s)")
-    pool = Pool(config, device, start_index=rendered)
-    t0 = time.perf_counter()
-    pool.fill()
+    pool = Pool(config, device, start_index=rendered)  # its workers render the curve's pairs too
+    try:
+        curve = CurveSet(curve_pairs(config.source_dir, config.curve_pairs, executor=pool.executor),
+                         config.curve_crops, device=device)
+        baselines = curve.baselines(initial.to(device) if initial is not None else None)
+        if step0 == 0:
+            history.append({"step": 0, **curve.evaluate(model), "seconds": 0.0})
+        progress(f"learning curve: {len(curve.a)} held-out crop pairs from {len(curve.names)} volume pairs "
+                 f"({time.perf_counter() - t_start:.0f} s)")
+        t0 = time.perf_counter()
+        pool.fill()
+    except BaseException:
+        pool.close()
+        raise
     progress(f"pool of {config.pool_size} volume pairs rendered in {time.perf_counter() - t0:.0f} s")
     oracle = MINDOracle().to(device)
     rng = np.random.default_rng([config.seed, step0])

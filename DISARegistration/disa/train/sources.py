@@ -142,17 +142,20 @@ def training_us_files(data_dir: str) -> list:
     return [f for f in ultrasound_files(data_dir) if not os.path.basename(f).startswith(CURVE_US)]
 
 
-def curve_pairs(data_dir: str, n: int = 8, seed: int = 4242) -> list:
+def curve_pairs(data_dir: str, n: int = 8, seed: int = 4242, executor=None) -> list:
     """The held-out volume pairs of the learning curve: synthetic pairs from their own seed
-    range, and every fourth an ultrasound self pair of ``CURVE_US`` (at crop scale 1)."""
-    with torch_threads(1):  # the same pairs whatever the caller's thread count (see render_pair)
-        return _curve_pairs(data_dir, n, seed)
+    range, and every fourth an ultrasound self pair of ``CURVE_US`` (at crop scale 1).
+    ``executor`` (a process pool): render them there in parallel; the pairs are the same."""
+    if executor is not None:
+        return [job.result() for job in [executor.submit(curve_pair, data_dir, i, seed) for i in range(n)]]
+    return [curve_pair(data_dir, i, seed) for i in range(n)]
 
 
-def _curve_pairs(data_dir: str, n: int, seed: int) -> list:
-    us = [f for f in ultrasound_files(data_dir) if os.path.basename(f).startswith(CURVE_US)]
-    out = []
-    for i in range(n):
+def curve_pair(data_dir: str, i: int, seed: int = 4242) -> RenderedPair:
+    """Pair ``i`` of the learning curve (a pure function of its arguments, on one thread so
+    that it does not depend on the caller's thread count; see :func:`render_pair`)."""
+    with torch_threads(1):
+        us = [f for f in ultrasound_files(data_dir) if os.path.basename(f).startswith(CURVE_US)]
         rng = np.random.default_rng([seed, i])
         if i % 4 == 3 and us:
             path = us[(i // 4) % len(us)]
@@ -160,10 +163,9 @@ def _curve_pairs(data_dir: str, n: int, seed: int) -> list:
         else:
             spec = _synthetic_spec(rng, 880000 + i)
             pair, name = make_pair(spec, data_dir), "curve-" + spec.name()
-        out.append(RenderedPair(pair.a, pair.b, crop_centres(pair.a, pair.mask_a, rng),
-                                crop_centres(pair.b, pair.mask_b, rng), bool(pair.same_grid), 1.0, name))
-    return out
+        return RenderedPair(pair.a, pair.b, crop_centres(pair.a, pair.mask_a, rng),
+                            crop_centres(pair.b, pair.mask_b, rng), bool(pair.same_grid), 1.0, name)
 
 
-__all__ = ["RenderedPair", "render_pair", "curve_pairs", "crop_centres", "self_pair", "band_limit",
+__all__ = ["RenderedPair", "render_pair", "curve_pairs", "curve_pair", "crop_centres", "self_pair", "band_limit",
            "training_us_files", "CURVE_US", "KINDS", "DEFAULT_MIX", "DEFAULT_SCALES"]
