@@ -22,7 +22,7 @@ gradient with respect to the pose flows through the warp, never through the CNN.
   by a seeded offset within its own cell, so the points fall at every sub-cell offset whatever
   the pose and the blur averages out, at no cost; ``"cubic"`` samples by cubic B-spline, whose
   blur is the same at every offset (``spatial.bspline``), at 8 lookups per point. Both gave the
-  same held-out figures (shipped weights: median 1.16/1.17 mm; oracle 0.36/0.36 mm); coarse
+  same held-out figures (session-6 weights: median 1.16/1.17 mm; oracle 0.36/0.36 mm); coarse
   levels sample plainly (``at_scale``).
 - Faces of the fixed image (``border``, default 8 input voxels, at most an eighth of the axis,
   finest level only: see ``at_scale``): descriptors that close to a face of the fixed grid see
