@@ -1,6 +1,7 @@
-"""The held-out registration check that selects DISA checkpoints, and the MIND-SSC oracle fed
-through the DISA path (the baseline a learned network must beat). Needs the development data
-(templates); skipped without them."""
+"""The held-out registration check that selects DISA checkpoints, the MIND-SSC oracle fed
+through the DISA path (the baseline a learned network must beat), and the training sources
+(packed for a machine without SimpleITK). Needs the development data (templates); skipped
+without them."""
 from __future__ import annotations
 
 import os
@@ -144,3 +145,51 @@ def test_descriptors_at_the_fixed_image_faces_carry_no_weight():
     weighting them pulls the oracle 4.5 mm off, leaving them out keeps it within 1 mm."""
     with_faces, without = _from_the_truth(6, border=0), _from_the_truth(6, border=8)
     assert with_faces > 2.0 and without < 1.0, (with_faces, without)
+
+
+# packed training sources -------------------------------------------------------------------------
+def test_packed_sources_render_the_same_pairs_without_simpleitk(tmp_path):
+    """``disa train --pack-sources`` writes NumPy archives from which the trainer renders the same
+    volume pairs (synthetic, ultrasound-self and ultrasound-template kinds, curve pairs), in a
+    process where SimpleITK cannot be imported at all."""
+    import subprocess
+    import sys
+
+    from disa.cli import main
+    from disa.train.sources import curve_pair, render_pair, training_us_files
+
+    packed = tmp_path / "packed"
+    assert main(["train", "--source-dir", DATA, "--pack-sources", str(packed), "--quiet"]) == 0
+    assert not any(p.suffix == ".gz" for p in packed.rglob("*")) and not list(packed.rglob("*Case24*"))
+    script = f"""
+import sys, pickle
+sys.modules["SimpleITK"] = None  # any import of it now fails
+from disa.train.sources import curve_pair, render_pair, training_us_files
+us = training_us_files({str(packed)!r})
+pairs = [render_pair({str(packed)!r}, 3, i, us) for i in (0, 2, 5)] + [curve_pair({str(packed)!r}, 3)]
+pickle.dump([(p.name, p.a, p.b, p.centres_a, p.centres_b) for p in pairs], open({str(tmp_path / "p.pkl")!r}, "wb"))
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path))
+    import pickle
+
+    got = pickle.load(open(tmp_path / "p.pkl", "rb"))
+    us = training_us_files(DATA)
+    want = [render_pair(DATA, 3, i, us) for i in (0, 2, 5)] + [curve_pair(DATA, 3)]  # the three kinds
+    names = [w.name for w in want]
+    assert any(n.startswith("us-self") for n in names) and any(n.startswith("us-Case") for n in names) \
+        and any(n.startswith("syn-") for n in names) and names[-1].startswith("curve-us-self"), names
+    for (name, a, b, ca, cb), w in zip(got, want):
+        assert name.replace(".npz", "") == w.name.replace(".nii", "")
+        np.testing.assert_allclose(a, w.a, atol=1e-6)
+        np.testing.assert_allclose(b, w.b, atol=1e-6)
+        np.testing.assert_array_equal(ca, w.centres_a)
+        np.testing.assert_array_equal(cb, w.centres_b)
+
+
+def test_pack_sources_refuses_a_folder_without_templates(tmp_path, capsys):
+    from disa.cli import main
+
+    assert main(["train", "--source-dir", str(tmp_path), "--pack-sources", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no templates/ folder" in err[0]
+    assert not (tmp_path / "out").exists()

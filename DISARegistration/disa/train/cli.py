@@ -22,6 +22,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--seed", type=int, default=0, help="seed of the data stream and the initialization (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--pack-sources", metavar="DIR", default=None,
+                   help="write --source-dir's templates and ultrasound volumes to DIR as NumPy archives (ultrasound "
+                        "already on the training grid) and stop: a machine without SimpleITK trains from DIR "
+                        "(--source-dir DIR), rendering the same volume pairs")
     d = p.add_argument_group("dense training (default): 64^3 crop pairs, 512 supervised outputs each")
     d.add_argument("--steps", type=int, default=20000, help="total steps of the run (default 20000; the "
                                                             "learning-rate schedule spans them)")
@@ -97,6 +101,13 @@ def run_from_args(args) -> int:
         return _run_paper(args)
     if not args.source_dir:
         raise InputError("disa train needs --source-dir (the folder holding templates/ and resect/us_only/)")
+    if args.pack_sources:
+        from .packed import pack_sources
+
+        rec = pack_sources(args.source_dir, args.pack_sources, progress=say)
+        print(f"packed {rec['files']} files ({rec['bytes'] / 2 ** 20:.1f} MiB) into {rec['out_dir']}: train from it "
+              "with --source-dir (SimpleITK not needed)")
+        return 0
     if args.select:
         from .select import select_checkpoint
 

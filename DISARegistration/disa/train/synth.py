@@ -32,6 +32,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..spatial.image import Image, foreground_mask, load_image, normalize_intensity, resample_to_spacing
+from .packed import PACKED_SUFFIX, packed_path, read_packed_ultrasound, read_packed_volume
 
 #: Cases never used for training (the evaluation case of this project).
 HELD_OUT_CASES = ("Case24",)
@@ -112,6 +113,8 @@ class Template:
 
 
 def _read(path: str) -> np.ndarray:
+    if not os.path.exists(path) and os.path.exists(packed_path(path)):  # disa train --pack-sources
+        return read_packed_volume(packed_path(path)).astype(np.float32)
     import SimpleITK as sitk
 
     if not os.path.exists(path):
@@ -377,13 +380,21 @@ def _fit_shape(x: np.ndarray, minimum: int, value: float = 0.0) -> np.ndarray:
 
 
 def load_ultrasound(path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """A real ultrasound volume at 1 mm (anti-aliased), normalized over its fan, and the fan."""
+    """A real ultrasound volume at 1 mm (anti-aliased), normalized over its fan, and the fan
+    (from the NIfTI file, or from its packed form: :mod:`disa.train.packed`)."""
+    check_not_held_out(path)
+    voxels, fan = read_packed_ultrasound(path) if path.endswith(PACKED_SUFFIX) else ultrasound_at_training_grid(path)
+    return normalize(voxels, fan)
+
+
+def ultrasound_at_training_grid(path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """An ultrasound file resampled to the training grid (1 mm, anti-aliased) and its fan mask
+    (non-zero voxels), before normalization."""
     check_not_held_out(path)
     img = load_image(path, "ultrasound")
     img.mask = foreground_mask(img, "nonzero")
     img = resample_to_spacing(img, SPACING)
-    vol, mask = normalize(img.data[0].numpy(), img.mask[0].numpy())
-    return vol, mask
+    return img.data[0].numpy(), img.mask[0].numpy()
 
 
 def load_volume(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -428,7 +439,8 @@ def make_pair(spec: PairSpec, data_dir: Optional[str] = None, min_size: int = 40
 
 def ultrasound_files(data_dir: str) -> List[str]:
     """The RESECT ultrasound volumes under ``resect/us_only`` (held-out cases left out)."""
-    files = sorted(glob.glob(os.path.join(os.fspath(data_dir), "resect", "us_only", "*.nii*")))
+    folder = os.path.join(os.fspath(data_dir), "resect", "us_only")
+    files = sorted(glob.glob(os.path.join(folder, "*.nii*")) + glob.glob(os.path.join(folder, "*" + PACKED_SUFFIX)))
     return [f for f in files if not any(c.lower() in os.path.basename(f).lower() for c in HELD_OUT_CASES)]
 
 
@@ -455,6 +467,6 @@ def make_pair_specs(data_dir: str, n_synthetic: int = 32, us_pairs_per_file: int
 
 __all__ = ["PairSpec", "VolumePair", "Template", "TEMPLATES", "APPEARANCES", "HELD_OUT_CASES", "load_template",
            "appearance", "simulate_ultrasound", "shadow_transmission", "corrupt", "normalize", "load_ultrasound",
-           "load_volume",
+           "ultrasound_at_training_grid", "load_volume",
            "make_pair", "make_pair_specs", "ultrasound_files", "check_not_held_out", "tissues_from_t1",
            "random_curve", "A_APPEARANCES"]
