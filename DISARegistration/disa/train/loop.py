@@ -281,7 +281,7 @@ def _train(config: TrainConfig, progress) -> dict:
         initial.load_state_dict(model.state_dict())
     t_start = time.perf_counter()
     pool = Pool(config, device, start_index=rendered)  # its workers render the curve's pairs too
-    try:
+    try:  # the render workers are shut down however the run ends
         curve = CurveSet(curve_pairs(config.source_dir, config.curve_pairs, executor=pool.executor),
                          config.curve_crops, device=device)
         baselines = curve.baselines(initial.to(device) if initial is not None else None)
@@ -291,17 +291,13 @@ def _train(config: TrainConfig, progress) -> dict:
                  f"({time.perf_counter() - t_start:.0f} s)")
         t0 = time.perf_counter()
         pool.fill()
-    except BaseException:
-        pool.close()
-        raise
-    progress(f"pool of {config.pool_size} volume pairs rendered in {time.perf_counter() - t0:.0f} s")
-    oracle = MINDOracle().to(device)
-    rng = np.random.default_rng([config.seed, step0])
-    sums: Dict[str, float] = {}
-    count, t_last, seconds0 = 0, time.perf_counter(), float(history[-1].get("seconds", 0.0)) if history else 0.0
-    t_run = time.perf_counter()
-    step = step0
-    try:
+        progress(f"pool of {config.pool_size} volume pairs rendered in {time.perf_counter() - t0:.0f} s")
+        oracle = MINDOracle().to(device)
+        rng = np.random.default_rng([config.seed, step0])
+        sums: Dict[str, float] = {}
+        count, t_last, seconds0 = 0, time.perf_counter(), float(history[-1].get("seconds", 0.0)) if history else 0.0
+        t_run = time.perf_counter()
+        step = step0
         for step in range(step0 + 1, config.steps + 1):
             pool.refresh(step)
             xa, xb = sample_crop_pairs(pool.atlas, pool.entries, config.batch_pairs, rng, config.crop,

@@ -2,11 +2,11 @@
 
 ``disa train --pack-sources DIR --source-dir ../shared/data`` writes DIR with the layout the
 trainer reads (``templates/``, ``resect/us_only/``), each NIfTI file replaced by a ``.npz``
-holding what the trainer takes from it: a template's voxels as stored, and an ultrasound
+holding what the trainer takes from it: a template's voxels (float32), and an ultrasound
 volume already resampled to the training grid (1 mm, anti-aliased) with its fan mask, before
 normalization. NumPy alone reads them, and the volume pairs rendered from DIR are the same as
 those rendered from the original folder. Why: the GPU machine this project is lent has PyTorch
-but no SimpleITK, and the packed folder is about a third of the original's size. Case 24 is
+but no SimpleITK, and the packed folder is under half the original's size. Case 24 is
 never packed (it is never training data).
 """
 from __future__ import annotations
@@ -44,9 +44,8 @@ def read_packed_ultrasound(path: str) -> Tuple[np.ndarray, np.ndarray]:
 
 def pack_sources(source_dir: str, out_dir: str, progress: Callable[[str], None] = print) -> dict:
     """Pack the templates and ultrasound volumes of ``source_dir`` into ``out_dir``."""
-    import SimpleITK as sitk
-
     from ..errors import InputError
+    from ..spatial.image import load_image
     from .synth import ultrasound_at_training_grid, ultrasound_files
 
     tdir = os.path.join(source_dir, "templates")
@@ -59,8 +58,8 @@ def pack_sources(source_dir: str, out_dir: str, progress: Callable[[str], None] 
     for src in sorted(glob.glob(os.path.join(tdir, "*"))):
         dst = os.path.join(out_dir, "templates", os.path.basename(src))
         if src.lower().endswith((".nii", ".nii.gz")):
-            voxels = sitk.GetArrayFromImage(sitk.ReadImage(src))
-            _save(packed_path(dst), voxels=voxels)
+            # the engine's reader: a missing, unreadable or non-finite file is a one-line error
+            _save(packed_path(dst), voxels=load_image(src, "template").data[0].numpy())
             dst = packed_path(dst)
         else:  # already NumPy (the voxelmorph template)
             shutil.copyfile(src, dst)
