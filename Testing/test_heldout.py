@@ -12,6 +12,7 @@ import torch
 
 from disa.features.descriptors import DescriptorCache
 from disa.features.mind_oracle import MINDOracle
+from disa.features.weights import DEFAULT_WEIGHTS
 from disa.sample_data import move_image, random_rigid
 from disa.spatial.image import resample_image
 
@@ -92,11 +93,15 @@ def test_train_resume_and_select_end_to_end(tmp_path):
     run = tmp_path / "run"
     common = ["train", "--source-dir", DATA, "--output-dir", str(run), "--pool-size", "1", "--curve-pairs", "1",
               "--curve-crops", "2", "--eval-every", "2", "--crop-size", "48", "--threads", "1", "--quiet"]
-    assert main(common + ["--steps", "4", "--time-limit", "600"]) == 0
+    assert main(common + ["--steps", "4", "--lr", "5e-4", "--warmup-steps", "1", "--time-limit", "600"]) == 0
     assert main(common + ["--steps", "4"]) == 2  # an existing run is never overwritten silently
+    assert main(common + ["--steps", "6", "--resume", "--init", str(DEFAULT_WEIGHTS)]) == 2  # --init: new runs only
+    # the resumed run keeps its own learning rate (not the command line's default) and records the change
     assert main(common + ["--steps", "6", "--resume"]) == 0
     curve = json.loads((run / "curve.json").read_text())
     assert [h["step"] for h in curve["history"]] == [0, 2, 4, 6]
+    assert curve["config"]["lr"] == 5e-4 and curve["history"][-1]["lr"] <= 5e-4
+    assert curve["config"]["resumes"] == [{"after_step": 4, "changed": {"steps": [4, 6]}}]
     assert (run / "curve.png").exists() and "mind_oracle_affine" in curve["baselines"]
     assert sorted(p.name for p in (run / "snapshots").glob("*.pt")) == [f"step_000000{k}.pt" for k in (2, 4, 6)]
     from disa.train.select import select_checkpoint
@@ -132,7 +137,7 @@ def test_jittered_sampling_frees_the_optimum_from_lattice_coincidence():
     trilinear sampling of the moving descriptors the search finds the pose where the lattices
     coincide (the identity, 2.6 mm away) scoring above the truth; with the fixed points jittered
     within their cells it stays at the truth."""
-    from disa.features.weights import DEFAULT_WEIGHTS, load_weights
+    from disa.features.weights import load_weights
 
     network = load_weights(DEFAULT_WEIGHTS)[0]
     linear, jittered = (_from_the_truth(7, network, "global", None, sampling=s) for s in ("linear", "jittered"))

@@ -15,53 +15,56 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "volume pairs are rendered from")
     p.add_argument("--output-dir", default="disa-train-run", metavar="DIR",
                    help="run folder: checkpoint.pt, curve.json/.png, snapshots/ (default disa-train-run)")
-    p.add_argument("--resume", action="store_true", help="continue the run in OUTPUT_DIR from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUTPUT_DIR from its checkpoint, with the run's own settings (learning "
+                        "rate, steps, batch, ...); an option given again changes that setting from then on")
     p.add_argument("--time-limit", type=float, default=None, metavar="S",
                    help="stop cleanly (checkpoint written) after S seconds of training; resume with --resume")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data stream and the initialization (default 0)")
+    p.add_argument("--seed", type=int, help="seed of the data stream and the initialization (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--pack-sources", metavar="DIR", default=None,
                    help="write --source-dir's templates and ultrasound volumes to DIR as NumPy archives (ultrasound "
                         "already on the training grid) and stop: a machine without SimpleITK trains from DIR "
                         "(--source-dir DIR), rendering the same volume pairs")
     d = p.add_argument_group("dense training (default): 64^3 crop pairs, 512 supervised outputs each")
-    d.add_argument("--steps", type=int, default=20000, help="total steps of the run (default 20000; the "
-                                                            "learning-rate schedule spans them)")
-    d.add_argument("--crop-size", type=int, default=64,
+    d.add_argument("--steps", type=int, help="total steps of the run (default 20000; the learning-rate schedule "
+                                             "spans them)")
+    d.add_argument("--crop-size", type=int,
                    help="side of the crops in voxels (multiple of 4, >= 40; default 64: 8^3 supervised outputs)")
     d.add_argument("--batch-pairs", type=int, default=None, help="crop pairs per step (default 32 on CUDA, 2 on the CPU)")
-    d.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate (default 1e-3)")
-    d.add_argument("--min-lr", type=float, default=1e-5, help="learning rate at the end of the cosine decay")
-    d.add_argument("--weight-decay", type=float, default=1e-3, help="AdamW weight decay (default 1e-3)")
-    d.add_argument("--warmup-steps", type=int, default=100, help="linear learning-rate warm-up (default 100)")
-    d.add_argument("--lc2-weight", type=float, default=1.0, help="weight of the LC2 regression loss (default 1)")
-    d.add_argument("--distill", type=float, default=0.0,
+    d.add_argument("--lr", type=float, help="AdamW peak learning rate (default 1e-3)")
+    d.add_argument("--min-lr", type=float, help="learning rate at the end of the cosine decay (default 1e-5)")
+    d.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 1e-3)")
+    d.add_argument("--warmup-steps", type=int, help="linear learning-rate warm-up (default 100)")
+    d.add_argument("--lc2-weight", type=float, help="weight of the LC2 regression loss (default 1)")
+    d.add_argument("--distill", type=float,
                    help="weight of the MIND-SSC oracle distillation loss (warm start; default 0)")
-    d.add_argument("--distill-until", type=int, default=0,
-                   help="fade the distillation weight linearly to 0 at this step (0: keep it constant)")
-    d.add_argument("--norm-penalty", type=float, default=1.0,
+    d.add_argument("--distill-until", type=int,
+                   help="fade the distillation weight linearly to 0 at this step (default 0: keep it constant)")
+    d.add_argument("--norm-penalty", type=float,
                    help="weight of the penalty on descriptor norms above 1 before clipping (default 1)")
-    d.add_argument("--clip-grad", type=float, default=1.0, help="gradient norm clipping (0: off; default 1)")
-    d.add_argument("--shifts", type=int, default=4,
+    d.add_argument("--clip-grad", type=float, help="gradient norm clipping (0: off; default 1)")
+    d.add_argument("--shifts", type=int,
                    help="per step, also compare each B output with the A outputs at this many random nearby "
                         "shifts (up to 8 voxels; default 4)")
-    d.add_argument("--weighting", default="variance", choices=["variance", "none"],
+    d.add_argument("--weighting", choices=["variance", "none"],
                    help="weight of each output in the LC2 loss: LC2's patch weight (local variance of B, capped; "
                         "default) or none (the paper: its B patches are drawn by that weight, as the crop centres are)")
-    d.add_argument("--aligned-fraction", type=float, default=0.4,
+    d.add_argument("--aligned-fraction", type=float,
                    help="share of crop pairs cut at the same point of one-grid pairs (default 0.4)")
-    d.add_argument("--max-offset", type=float, default=12.0, help="largest shift (crop voxels) of misaligned crops")
+    d.add_argument("--max-offset", type=float, help="largest shift (crop voxels) of misaligned crops (default 12)")
     d.add_argument("--pool-size", type=int, default=None, help="volume pairs held at once (default 48 on CUDA, 12 on the CPU)")
-    d.add_argument("--refresh-every", type=int, default=30, help="without render workers: render a new pair every N steps")
+    d.add_argument("--refresh-every", type=int,
+                   help="without render workers: render a new pair every N steps (default 30)")
     d.add_argument("--render-workers", type=int, default=None,
                    help="background processes rendering new volume pairs (default: cores - 2 on CUDA, 0 on the CPU)")
     d.add_argument("--eval-every", type=int, default=None, help="learning-curve point, snapshot and checkpoint every "
                                                                 "N steps (default 500 on CUDA, 100 on the CPU)")
-    d.add_argument("--curve-pairs", type=int, default=8, help="held-out volume pairs of the learning curve (default 8)")
-    d.add_argument("--curve-crops", type=int, default=48, help="held-out crop pairs of the learning curve (default 48)")
-    d.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
+    d.add_argument("--curve-pairs", type=int, help="held-out volume pairs of the learning curve (default 8)")
+    d.add_argument("--curve-crops", type=int, help="held-out crop pairs of the learning curve (default 48)")
+    d.add_argument("--precision", choices=["auto", "float32", "bfloat16"],
                    help="network precision in training (auto: bfloat16 autocast on CUDA, float32 on the CPU)")
     d.add_argument("--init", default=None, metavar="FILE", help="start from these DISA weights (.pt with model card)")
     s = p.add_argument_group("checkpoint selection (--select)")
@@ -84,12 +87,6 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=None, help="default 256 on CUDA, 32 on the CPU")
     g.add_argument("--val-fraction", type=float, default=0.1, help="share of shards held out for validation")
     g.add_argument("--no-augment", action="store_true", help="no flips, sign or intensity changes")
-
-
-def _cuda(device: str) -> bool:
-    import torch
-
-    return device == "cuda" or (device == "auto" and torch.cuda.is_available())
 
 
 def run_from_args(args) -> int:
@@ -119,24 +116,21 @@ def run_from_args(args) -> int:
               f"targets); wrote {out} (sha256 {rec['sha256']})")
         return 0
     from .checkpoints import CHECKPOINT_NAME
-    from .loop import TrainConfig, train
+    from .loop import run_config, train
 
     if os.path.exists(os.path.join(args.output_dir, CHECKPOINT_NAME)) and not args.resume:
         raise InputError(f"{args.output_dir} already holds a run: continue it with --resume or choose another "
                          "--output-dir")
-    gpu = _cuda(args.device)
-    config = TrainConfig(
-        source_dir=args.source_dir, out_dir=args.output_dir, steps=args.steps,
-        batch_pairs=args.batch_pairs or (32 if gpu else 2), crop=args.crop_size, lr=args.lr, min_lr=args.min_lr,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lc2=args.lc2_weight, distill=args.distill,
-        distill_until=args.distill_until, norm_penalty=args.norm_penalty, clip_grad=args.clip_grad, shifts=args.shifts, weighting=args.weighting,
-        aligned_fraction=args.aligned_fraction, max_offset=args.max_offset,
-        pool_size=args.pool_size or (48 if gpu else 12), refresh_every=args.refresh_every,
-        render_workers=args.render_workers if args.render_workers is not None else
-        (max(1, (os.cpu_count() or 4) - 2) if gpu else 0),
-        eval_every=args.eval_every or (500 if gpu else 100), curve_pairs=args.curve_pairs,
-        curve_crops=args.curve_crops, seed=args.seed, device=args.device, precision=args.precision,
-        threads=args.threads, time_limit_s=args.time_limit, resume=args.resume, init=args.init)
+    given = {"steps": args.steps, "batch_pairs": args.batch_pairs, "crop": args.crop_size, "lr": args.lr,
+             "min_lr": args.min_lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps,
+             "lc2": args.lc2_weight, "distill": args.distill, "distill_until": args.distill_until,
+             "norm_penalty": args.norm_penalty, "clip_grad": args.clip_grad, "shifts": args.shifts,
+             "weighting": args.weighting, "aligned_fraction": args.aligned_fraction, "max_offset": args.max_offset,
+             "pool_size": args.pool_size, "refresh_every": args.refresh_every, "render_workers": args.render_workers,
+             "eval_every": args.eval_every, "curve_pairs": args.curve_pairs, "curve_crops": args.curve_crops,
+             "seed": args.seed, "precision": args.precision, "threads": args.threads,
+             "time_limit_s": args.time_limit, "init": args.init}
+    config = run_config(args.source_dir, args.output_dir, given, args.device, args.resume, progress=say)
     report = train(config, progress=say)
     last = report["history"][-1]
     print(f"stopped after step {report['steps']}: held-out R2 {last['r2']:.3f} (weighted {last['wr2']:.3f}, "
@@ -152,22 +146,24 @@ def _run_paper(args) -> int:
 
     if not args.data:
         raise InputError("--paper needs --data (the folder of patch-pair shards)")
+    seed = 0 if args.seed is None else args.seed
     if args.build or args.build_only:
         sources: list = []
         if args.source_dir:
-            sources += make_pair_specs(args.source_dir, args.synthetic, args.us_per_file, seed=args.seed)
+            sources += make_pair_specs(args.source_dir, args.synthetic, args.us_per_file, seed=seed)
         sources += [tuple(p) for p in args.pair]
         if not sources:
             raise InputError("--build needs --source-dir (templates and ultrasound) or --pair A B")
-        summary = build_dataset(args.data, sources, args.pairs_per_volume, seed=args.seed, data_dir=args.source_dir,
+        summary = build_dataset(args.data, sources, args.pairs_per_volume, seed=seed, data_dir=args.source_dir,
                                 candidates=args.candidates_per_draw, progress=not args.quiet)
         print(f"built {summary['pairs']} pairs from {len(summary['shards'])} volume pairs in {args.data} "
               f"({summary['seconds']} s); target histogram (10 bins over [0,1]): {summary['target_histogram']}")
         if args.build_only:
             return 0
+    recipe = {k: v for k, v in (("lr", args.lr), ("weight_decay", args.weight_decay),
+                                ("warmup_steps", args.warmup_steps)) if v is not None}  # else PaperConfig's
     config = PaperConfig(data=args.data, out_dir=args.output_dir, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-                         val_fraction=args.val_fraction, seed=args.seed, device=args.device, resume=args.resume,
+                         val_fraction=args.val_fraction, seed=seed, device=args.device, resume=args.resume, **recipe,
                          augment=not args.no_augment, threads=args.threads, time_limit_s=args.time_limit,
                          progress=not args.quiet)
     report = train_paper(config)

@@ -102,6 +102,51 @@ class TrainConfig:
             raise InputError("--precision must be auto, float32 or bfloat16")
 
 
+#: Settings that make up the run (its recipe and its learning curve). ``--resume`` takes them from
+#: the checkpoint, so a run resumed on another machine goes on as it started; an option given
+#: again explicitly changes it from then on. The others (device, threads, time limit, render
+#: workers, pool size) belong to the machine and are taken from the resuming call.
+RECIPE = ("steps", "batch_pairs", "crop", "lr", "min_lr", "weight_decay", "warmup_steps", "lc2", "distill",
+          "distill_until", "norm_penalty", "clip_grad", "shifts", "weighting", "aligned_fraction", "max_offset",
+          "refresh_every", "eval_every", "curve_pairs", "curve_crops", "seed", "precision")
+#: Defaults that depend on the training device (the rest are TrainConfig's own).
+DEVICE_DEFAULTS = {"cuda": {"batch_pairs": 32, "pool_size": 48, "eval_every": 500},
+                   "cpu": {"batch_pairs": 2, "pool_size": 12, "eval_every": 100, "render_workers": 0}}
+
+
+def run_config(source_dir: str, out_dir: str, given: Dict[str, object], device: str = "auto",
+               resume: bool = False, progress: Callable[[str], None] = lambda m: None) -> TrainConfig:
+    """The settings of a new or resumed run. ``given``: the settings asked for explicitly
+    (TrainConfig names; None counts as not given). A new run fills the rest from the device's
+    defaults and TrainConfig's; a resumed run (a checkpoint in ``out_dir``) takes every
+    ``RECIPE`` setting from the checkpoint unless ``given`` changes it, and says which it changed."""
+    given = {k: v for k, v in given.items() if v is not None}
+    unknown = sorted(set(given) - set(TrainConfig.__dataclass_fields__))
+    if unknown:
+        raise InputError(f"unknown training settings: {', '.join(unknown)}")
+    cuda = resolve_device(device).type == "cuda"
+    defaults = dict(DEVICE_DEFAULTS["cuda" if cuda else "cpu"])
+    if cuda:
+        defaults["render_workers"] = max(1, (os.cpu_count() or 4) - 2)
+    ckpt_path = os.path.join(out_dir, CHECKPOINT_NAME)
+    values = {**defaults, **given}
+    if resume and os.path.exists(ckpt_path):
+        if given.get("init"):
+            raise InputError("--init starts a new run; a resumed run goes on from its checkpoint")
+        ck = load_checkpoint(ckpt_path)
+        saved = ck.get("config") or {}
+        kept = {k: saved[k] for k in RECIPE if k in saved}
+        changed = {k: (kept[k], given[k]) for k in RECIPE if k in given and k in kept and given[k] != kept[k]}
+        values = {**defaults, **kept, **given}
+        resumes = list((saved.get("metadata") or {}).get("resumes", []))
+        resumes.append({"after_step": int(ck["step"]), "changed": {k: list(v) for k, v in changed.items()}})
+        values["metadata"] = {**(saved.get("metadata") or {}), "resumes": resumes}
+        progress(f"resuming with the run's settings (lr {values['lr']:g}, {values['steps']} steps, batch "
+                 f"{values['batch_pairs']})" + ("; changed: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in
+                                                                       changed.items()) if changed else ""))
+    return TrainConfig(source_dir=source_dir, out_dir=out_dir, device=device, resume=resume, **values)
+
+
 def learning_rate(config: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay from ``lr`` to ``min_lr`` at ``steps``."""
     if step <= config.warmup_steps:
@@ -340,7 +385,10 @@ def _train(config: TrainConfig, progress) -> dict:
 
 
 def _jsonable(config: TrainConfig) -> dict:
-    return {k: v for k, v in asdict(config).items() if k != "metadata"}
+    out = {k: v for k, v in asdict(config).items() if k != "metadata"}
+    if config.metadata.get("resumes"):
+        out["resumes"] = config.metadata["resumes"]  # what each --resume changed
+    return out
 
 
-__all__ = ["TrainConfig", "train", "learning_rate", "distill_weight", "step_loss", "random_shifts", "Pool"]
+__all__ = ["TrainConfig", "RECIPE", "DEVICE_DEFAULTS", "run_config", "train", "learning_rate", "distill_weight", "step_loss", "random_shifts", "Pool"]
