@@ -69,7 +69,7 @@ def test_recovers_known_deformation(pair, method):
 
 def test_same_seed_same_field(pair):
     fixed, moving, _ = pair
-    for method, options in (("deformable", {"iterations": 5}), ("neural-ode", {"iterations": 5})):
+    for method, options in (("deformable", {"iterations": 5}), ("neural-ode", {"iterations": 5, "coarse_iterations": 5})):
         a = register_deformable(fixed, moving, method, linear=np.eye(4), threads=1, seed=3, **options)
         b = register_deformable(fixed, moving, method, linear=np.eye(4), threads=1, seed=3, **options)
         assert torch.equal(a.field.data, b.field.data), method
@@ -174,8 +174,26 @@ def test_bad_settings(pair, options, words):
 def test_defaults_in_one_place():
     assert DENSE_METHODS == DENSE_TRANSFORMS
     assert DENSE_DEFAULTS.grid_spacing_mm == 8.0 and DENSE_DEFAULTS.integrator == "rk4"
-    assert DENSE_DEFAULTS.dense_iterations == 300
+    assert DENSE_DEFAULTS.dense_coarse_iterations == 300 and DENSE_DEFAULTS.levels >= 1
     assert set(DENSE_DEFAULTS.as_dict()) >= {"transform", "metric", "stride", "iterations", "lr", "smoothness"}
+
+
+@pytest.mark.parametrize("method", ["deformable", "diffeomorphic"])
+def test_levels_run_coarse_to_fine(pair, method):
+    """Two levels: the coarse working grid twice the fine spacing, each level's own iteration
+    count (the diffeomorphic loop may stop a level early once converged, never run past it),
+    the field on the fine grid; one level runs the fine grid alone."""
+    fixed, moving, _ = pair
+    two = register_deformable(fixed, moving, method, linear=np.eye(4), spacing=4.0, levels=2, coarse_iterations=6,
+                              iterations=3, threads=1)
+    spacings = [level.spacing for level in two.levels]
+    assert len(spacings) == 2 and spacings[0] == pytest.approx(2 * spacings[1], rel=0.05)
+    counts = two.deformation["level_iterations"]
+    assert (counts == [6, 3]) if method == "deformable" else (0 < counts[0] <= 6 and 0 < counts[1] <= 3)
+    assert list(two.field.size) == two.deformation["working_size_xyz"]
+    one = register_deformable(fixed, moving, method, linear=np.eye(4), spacing=4.0, levels=1, iterations=3, threads=1)
+    assert len(one.levels) == 1 and one.levels[0].spacing == pytest.approx(spacings[1])
+    assert list(one.field.size) == list(two.field.size)
 
 
 def test_identity_grid_matches_voxel_scale():
@@ -193,4 +211,4 @@ def test_other_metrics_run(pair, metric):
     result = register_deformable(fixed, moving, "deformable", metric=metric, linear=np.eye(4), threads=1,
                                  iterations=3)
     assert torch.isfinite(result.field.data).all() and np.isfinite(result.final_similarity)
-    assert result.metric == str(parse_metric(metric)) and result.deformation["iterations"] == 3
+    assert result.metric == str(parse_metric(metric)) and result.deformation["level_iterations"][-1] == 3

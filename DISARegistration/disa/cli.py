@@ -204,9 +204,14 @@ def add_registration_options(p: argparse.ArgumentParser):
                        help=f"deformable: descriptor/search stride in working voxels (default {dd.stride})")
     dense.add_argument("--search-radius", type=MILLIMETRES_POSITIVE, default=None, metavar="MM",
                        help=f"deformable: largest displacement searched (default {dd.search_radius_mm:g})")
+    dense.add_argument("--dense-levels", type=COUNT, default=None, metavar="N",
+                       help=f"working grids coarse to fine, each twice as fine as the one before (default {dd.levels})")
     dense.add_argument("--iterations", type=COUNT, default=None, metavar="N",
-                       help=f"Adam iterations (default {dd.iterations} for deformable, at most "
+                       help=f"Adam iterations on the finest level (default {dd.iterations} for deformable, at most "
                             f"{dd.dense_iterations} for the diffeomorphic models)")
+    dense.add_argument("--coarse-iterations", type=COUNT, default=None, metavar="N",
+                       help=f"Adam iterations on each coarser level (default {dd.coarse_iterations} for deformable, "
+                            f"at most {dd.dense_coarse_iterations} for the diffeomorphic models)")
     dense.add_argument("--smoothness", type=_checked(_non_negative, "smoothness"), default=None, metavar="W",
                        help="weight of the regularizer on the field's derivatives (default "
                             f"{dd.smoothness:g} deformable, {dd.dense_smoothness:g} diffeomorphic)")
@@ -217,7 +222,8 @@ def add_registration_options(p: argparse.ArgumentParser):
 #: registration_kwargs' dense settings: argument name -> register_deformable keyword.
 DENSE_ARGUMENTS = {"linear_transform": "linear_transform", "dense_spacing": "spacing",
                    "grid_spacing": "grid_spacing_mm", "stride": "stride", "search_radius": "search_radius_mm",
-                   "iterations": "iterations", "smoothness": "smoothness", "integrator": "integrator"}
+                   "iterations": "iterations", "smoothness": "smoothness", "integrator": "integrator",
+                   "dense_levels": "levels", "coarse_iterations": "coarse_iterations"}
 
 
 def registration_kwargs(args) -> dict:

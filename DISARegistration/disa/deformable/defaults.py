@@ -48,8 +48,19 @@ class DenseDefaults:
     # Coupling weights of the convex steps (relative to the normalized matching cost, per
     # squared control-grid spacing of disagreement), increasing.
     coupling: tuple = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    # Coarse to fine: the dense stage runs on ``levels`` working grids, each twice as fine as the
+    # one before and the last at ``spacing``; ``iterations`` apply to the finest level and
+    # ``coarse_iterations`` (``dense_coarse_iterations`` for the diffeomorphic models) to each
+    # coarser one, where an iteration costs about an eighth of a fine one. Measured on the same
+    # 4 cases (1 thread, MIND-SSC rigid start at the engine's levels): deformable, one level with
+    # 40 iterations mean Dice 0.906; two levels, 40 coarse + 10 fine 0.908 (dense stage 6-9 s
+    # instead of 15-18 s), + 5 fine 0.901. Diffeomorphic (rigid start at 4 mm): one level (300)
+    # 0.906 in about 100 s; two levels, up to 300 coarse + 30 fine, 0.904 in 25 s.
+    levels: int = 2
+    coarse_iterations: int = 40
+    dense_coarse_iterations: int = 300
     # Instance optimization after the discrete step (Adam, combined similarity, diffusion).
-    iterations: int = 40
+    iterations: int = 10             # at the finest level
     lr: float = 0.1                  # working voxels per Adam step
     # Weight of the first-order (diffusion) regularizer. Swept on the same 4 cases at 2 mm: 3 ->
     # mean Dice 0.884, 10 -> 0.893, 30 -> 0.893, 100 -> 0.885; at 1.5 mm 10 -> 0.906, 30 -> 0.904.
@@ -58,7 +69,7 @@ class DenseDefaults:
     bidirectional: bool = True       # forward and backward similarity (Eq. 1 of the paper)
     # Diffeomorphic models ("diffeomorphic": stationary velocity field, scaling and squaring;
     # "neural-ode": velocity from a small network, integrated in time).
-    dense_iterations: int = 300      # at most; both stop early once converged
+    dense_iterations: int = 30       # at most, at the finest level; each level stops early once converged
     dense_lr: float = 0.05           # "diffeomorphic": velocity voxels per Adam step
     ode_lr: float = 2e-3             # "neural-ode": Adam step of the network parameters
     dense_smoothness: float = 10.0   # at 1.5 mm: 2 -> mean Dice 0.891, 10 -> 0.906 (diffeomorphic)

@@ -1,18 +1,22 @@
 """Diffeomorphic models optimized per case.
 
 - ``"diffeomorphic"``: a stationary velocity field v on a grid ``velocity_grid`` working voxels
-  apart (interpolated to the working grid), exponentiated by scaling and squaring.
+  apart, exponentiated there by scaling and squaring and interpolated to the working grid.
 - ``"neural-ode"`` (after NODEO, Wu et al. CVPR 2022, and node_mind_diffeomorphic.md): v is the
   output of a small convolutional network of a fixed coordinate input; the map phi solves
   d phi / dt = v(phi(t)) over t in [0, 1], integrated by Euler or RK4 steps.
 
 Both minimize the (combined) similarity of ``losses.combined_loss`` (forward, and backward
 through the negated displacement), a diffusion regularizer on the velocity, and a penalty on
-Jacobian determinants below a floor, with Adam; they stop after ``iterations`` or once the loss
-has changed by less than ``tolerance`` (relative) over ``patience`` iterations.
+Jacobian determinants below a floor, with Adam, coarse to fine: the velocity (or the network)
+lives on one grid fixed in space, and only the similarity is evaluated on finer working grids
+level after level, so most iterations cost a fraction of a fine one. Each level stops after its
+iterations or once the loss has changed by less than ``tolerance`` (relative) over ``patience``
+iterations.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -81,64 +85,80 @@ class VelocityNet(nn.Module):
         return self.body(x)
 
 
-def optimize_loop(parameters, displacement: Callable[[], Tuple[torch.Tensor, torch.Tensor]],
-                  terms: Sequence[Tuple[float, DenseTerm]], iterations: int, lr: float, smoothness: float,
-                  jacobian_weight: float, jacobian_floor: float, tolerance: float, patience: int,
-                  bidirectional: bool, monitor: Optional[Monitor]) -> Tuple[torch.Tensor, list]:
-    """Adam on ``parameters``; ``displacement()`` returns (working displacement, velocity)."""
+#: One level of a coarse-to-fine run: its similarity terms, working-grid shape and iterations.
+Level = Tuple[Sequence[Tuple[float, DenseTerm]], Tuple[int, int, int], int]
+
+
+def optimize_loop(parameters, displacement: Callable[[tuple], Tuple[torch.Tensor, torch.Tensor]],
+                  levels: Sequence[Level], lr: float, smoothness: float, jacobian_weight: float,
+                  jacobian_floor: float, tolerance: float, patience: int, bidirectional: bool,
+                  monitor: Optional[Monitor]) -> Tuple[torch.Tensor, list]:
+    """Adam on ``parameters``, level after level (coarse to fine); ``displacement(shape)``
+    returns (displacement, velocity) in voxels of a working grid of ``shape``. The parameters
+    live on a grid fixed in space, so they carry over from level to level unchanged; each level
+    stops after its iterations or once converged. Returns the finest displacement and, per
+    level, the losses of its iterations and its seconds."""
     optimizer = torch.optim.Adam(parameters, lr=lr)
     history = []
-    for _ in range(int(iterations)):
-        optimizer.zero_grad()
-        disp, velocity = displacement()
-        loss = combined_loss(terms, disp, smoothness, bidirectional, regularizer=smoothness_loss(velocity))
-        if jacobian_weight:
-            loss = loss + jacobian_weight * folding_penalty(disp, jacobian_floor)
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
-        if monitor is not None:
-            monitor.evaluated(history[-1])
-        if len(history) > patience:
-            old = history[-1 - patience]
-            if abs(old - history[-1]) <= tolerance * max(abs(old), 1e-12):
-                break
+    for terms, shape, iterations in levels:
+        level, started = [], time.perf_counter()
+        for _ in range(int(iterations)):
+            optimizer.zero_grad()
+            disp, velocity = displacement(shape)
+            loss = combined_loss(terms, disp, smoothness, bidirectional, regularizer=smoothness_loss(velocity))
+            if jacobian_weight:
+                loss = loss + jacobian_weight * folding_penalty(disp, jacobian_floor)
+            loss.backward()
+            optimizer.step()
+            level.append(float(loss.detach()))
+            if monitor is not None:
+                monitor.evaluated(level[-1])
+            if len(level) > patience:
+                old = level[-1 - patience]
+                if abs(old - level[-1]) <= tolerance * max(abs(old), 1e-12):
+                    break
+        history.append((level, time.perf_counter() - started))
     with torch.no_grad():
-        disp, _ = displacement()
+        disp, _ = displacement(levels[-1][1])
     return disp.detach(), history
 
 
-def register_svf(terms, shape, iterations: int, lr: float, smoothness: float, jacobian_weight: float,
+def register_svf(levels: Sequence[Level], lr: float, smoothness: float, jacobian_weight: float,
                  jacobian_floor: float, squaring_steps: int, velocity_grid: int, tolerance: float,
                  patience: int, bidirectional: bool = True, monitor: Optional[Monitor] = None):
-    """Stationary velocity field registration; returns (voxel displacement, loss history)."""
-    device = terms[0][1].fixed.device
-    small = coarse_shape(shape, velocity_grid)
+    """Stationary velocity field registration over ``levels`` (coarse to fine); the velocity
+    lives on a grid ``velocity_grid`` voxels of the finest level apart. Returns (voxel
+    displacement on the finest grid, (losses, seconds) per level)."""
+    device = levels[-1][0][0][1].fixed.device
+    small = coarse_shape(levels[-1][1], velocity_grid)
     velocity = torch.zeros(1, 3, *small, device=device, requires_grad=True)
 
-    def displacement():
-        v = resize_field(velocity, shape)
-        return scaling_and_squaring(v, squaring_steps), v
+    def displacement(shape):
+        # exponentiated on the velocity's own grid (as the neural-ODE flow is integrated), then
+        # interpolated: the squarings cost the same at every level
+        return resize_field(scaling_and_squaring(velocity, squaring_steps), shape), resize_field(velocity, shape)
 
-    return optimize_loop([velocity], displacement, terms, iterations, lr, smoothness, jacobian_weight,
-                         jacobian_floor, tolerance, patience, bidirectional, monitor)
+    return optimize_loop([velocity], displacement, levels, lr, smoothness, jacobian_weight, jacobian_floor,
+                         tolerance, patience, bidirectional, monitor)
 
 
-def register_neural_ode(terms, shape, iterations: int, lr: float, smoothness: float, jacobian_weight: float,
+def register_neural_ode(levels: Sequence[Level], lr: float, smoothness: float, jacobian_weight: float,
                         jacobian_floor: float, integrator: str, time_steps: int, velocity_grid: int,
                         tolerance: float, patience: int, seed: int = 0, bidirectional: bool = True,
                         monitor: Optional[Monitor] = None):
-    """Neural-ODE registration; returns (voxel displacement, loss history)."""
-    device = terms[0][1].fixed.device
-    small = coarse_shape(shape, velocity_grid)
+    """Neural-ODE registration over ``levels`` (coarse to fine); the network's velocity and the
+    flow live on a grid ``velocity_grid`` voxels of the finest level apart. Returns (voxel
+    displacement on the finest grid, (losses, seconds) per level)."""
+    device = levels[-1][0][0][1].fixed.device
+    small = coarse_shape(levels[-1][1], velocity_grid)
     generator = torch.Generator().manual_seed(int(seed))
     net = VelocityNet(generator=generator).to(device)
     coords = identity_grid(small, device).permute(0, 4, 1, 2, 3).contiguous()
 
-    def displacement():
+    def displacement(shape):
         v_small = net(coords)  # in voxels of the velocity grid
         disp_small = integrate(v_small, time_steps, integrator)
         return resize_field(disp_small, shape), resize_field(v_small, shape)
 
-    return optimize_loop(list(net.parameters()), displacement, terms, iterations, lr, smoothness,
-                         jacobian_weight, jacobian_floor, tolerance, patience, bidirectional, monitor)
+    return optimize_loop(list(net.parameters()), displacement, levels, lr, smoothness, jacobian_weight,
+                         jacobian_floor, tolerance, patience, bidirectional, monitor)

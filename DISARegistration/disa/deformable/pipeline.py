@@ -30,7 +30,7 @@ from ..threads import machine_threads, torch_threads
 from .defaults import DENSE_DEFAULTS as D
 from .diffeomorphic import register_neural_ode, register_svf
 from .discrete import discrete_search
-from .fields import field_image, jacobian_statistics, working_grid
+from .fields import field_image, jacobian_statistics, resize_field, working_grid
 from .instance import instance_optimize
 from .losses import build_term, combined_loss
 from .settings import check_dense_settings, check_metric
@@ -46,6 +46,13 @@ def default_spacing(fixed: Image, working_voxels: int = D.working_voxels) -> flo
     ``working_voxels`` across the largest extent, never more than ``MAX_ACROSS``)."""
     extent = float(((np.asarray(fixed.size) - 1) * fixed.spacing).max())
     return float(np.round(max(float(fixed.spacing.min()), extent / working_voxels, extent / MAX_ACROSS), 3))
+
+
+def level_grids(fixed: Image, spacing: float, levels: int) -> list:
+    """Working grids coarse to fine, each twice as fine as the one before, the last at
+    ``spacing``; coarse levels that would have fewer than 8 voxels along an axis are left out."""
+    grids = [working_grid(fixed, spacing * 2 ** k) for k in reversed(range(int(levels)))]
+    return [g for g in grids[:-1] if min(g.shape) >= 8] + grids[-1:]
 
 
 def linear_matrix(linear) -> np.ndarray:
@@ -69,6 +76,7 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
                         grid_spacing_mm: float = D.grid_spacing_mm, stride: int = D.stride,
                         search_radius_mm: float = D.search_radius_mm, iterations: Optional[int] = None,
                         lr: Optional[float] = None, smoothness: Optional[float] = None,
+                        levels: int = D.levels, coarse_iterations: Optional[int] = None,
                         jacobian_weight: float = D.jacobian_weight, integrator: str = D.integrator,
                         time_steps: int = D.time_steps, bidirectional: bool = D.bidirectional, seed: int = D.seed,
                         device: str = D.device, threads: Optional[int] = D.threads, weights=None,
@@ -85,7 +93,10 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
     RegistrationResult or 4x4 fixed -> moving matrix to start from; None runs
     ``disa.registration.register(..., transform=linear_transform, initial=initial,
     **linear_options)`` first. ``spacing``: working spacing in mm (None: ``default_spacing``).
-    ``iterations``, ``lr``, ``smoothness``: None takes the method's default (DENSE_DEFAULTS).
+    ``levels``: working grids coarse to fine (each twice as coarse as the next; the finest at
+    ``spacing``): ``iterations`` run on the finest, ``coarse_iterations`` on each coarser one.
+    ``iterations``, ``coarse_iterations``, ``lr``, ``smoothness``: None takes the method's default
+    (DENSE_DEFAULTS).
     ``weights``: a DISA weights file. ``cancel`` is polled every iteration (CancelledError).
     Deterministic on a CPU for given inputs, settings, seed and thread count.
     """
@@ -93,7 +104,8 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
     with torch_threads(n_threads):
         started = time.perf_counter()
         s = check_dense_settings(transform, spacing, grid_spacing_mm, stride, search_radius_mm, iterations, lr,
-                                 smoothness, jacobian_weight, integrator, time_steps, seed, linear_transform)
+                                 smoothness, jacobian_weight, integrator, time_steps, seed, linear_transform,
+                                 levels, coarse_iterations)
         spec, terms_spec = check_metric(metric)
         dev = resolve_device(device)
         monitor = Monitor(progress, cancel)
@@ -113,26 +125,30 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
         matrix = linear_matrix(linear)
 
         work_spacing = s["spacing"] or default_spacing(fixed)
-        grid = working_grid(fixed, work_spacing)
-        if min(grid.shape) < 8:
-            raise InputError(f"the working grid ({' x '.join(map(str, grid.size))} voxels at {work_spacing:g} mm) "
-                             "is too small for a dense registration: use a finer spacing")
-        f_img = on_grid(prepare_image(fixed, "fixed", fixed_mask), grid).to(dev)
-        m_img = on_grid(prepare_image(moving, "moving", "auto"), grid, matrix).to(dev)
-        monitor.check()
-        f_valid = f_img.mask.float()[None]
-        m_valid = m_img.mask.float()[None]
+        pyramid = level_grids(fixed, work_spacing, s["levels"])
+        if min(pyramid[-1].shape) < 8:
+            raise InputError(f"the working grid ({' x '.join(map(str, pyramid[-1].size))} voxels at {work_spacing:g} "
+                             "mm) is too small for a dense registration: use a finer spacing")
+        fixed_ready, moving_ready = prepare_image(fixed, "fixed", fixed_mask), prepare_image(moving, "moving", "auto")
         descriptor = None
         if "disa" in spec.names:
             from ..similarity.disa import DISA
 
             descriptor = DISA(weights=weights)
-        terms = [(w, build_term(name, f_img, m_img, f_valid, m_valid, D.mind_radius, D.mind_dilation,
-                                descriptor, s["stride"], s["seed"])) for w, name in terms_spec]
-        monitor.check()
+        level_terms = []
+        for grid in pyramid:
+            f_img = on_grid(fixed_ready, grid).to(dev)
+            m_img = on_grid(moving_ready, grid, matrix).to(dev)
+            f_valid, m_valid = f_img.mask.float()[None], m_img.mask.float()[None]
+            level_terms.append([(w, build_term(name, f_img, m_img, f_valid, m_valid, D.mind_radius, D.mind_dilation,
+                                               descriptor, s["stride"], s["seed"])) for w, name in terms_spec])
+            monitor.check()
+        grid, terms = pyramid[-1], level_terms[-1]
         shape = grid.shape
+        coarse = s["coarse_iterations"]
+        levels = [(t, g.shape, coarse) for t, g in zip(level_terms[:-1], pyramid[:-1])]
+        levels.append((terms, shape, s["iterations"]))
         t0 = time.perf_counter()
-        history: list = []
         extra: dict = {}
         method = s["transform"]
         if method == "deformable":
@@ -146,22 +162,32 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
             disp = discrete_search(terms, cell, s["stride"], radius, D.coupling, monitor)
             extra.update(control_cell_voxels=cell, search_steps=radius, stride=s["stride"],
                          grid_spacing_mm=cell * step, discrete_seconds=time.perf_counter() - t0)
-            monitor.begin("instance optimization", start + 0.2 * (1 - start), 1.0, s["iterations"])
-            disp, history = instance_optimize(terms, disp, s["iterations"], s["lr"], s["smoothness"],
-                                              bidirectional, smoothing_passes=2, monitor=monitor)
+            # instance optimization coarse to fine, each level from the previous one's field
+            monitor.begin("instance optimization", start + 0.2 * (1 - start), 1.0, sum(n for _, _, n in levels))
+            history = []
+            for level_terms_k, level_shape, n in levels:
+                started_level = time.perf_counter()
+                disp, h = instance_optimize(level_terms_k, resize_field(disp, level_shape), n, s["lr"],
+                                            s["smoothness"], bidirectional, smoothing_passes=2, monitor=monitor)
+                history.append((h, time.perf_counter() - started_level))
+            disp = resize_field(disp, shape)
         else:
-            monitor.begin(method, start, 1.0, s["iterations"])
-            common = {"iterations": s["iterations"], "lr": s["lr"], "smoothness": s["smoothness"],
-                      "jacobian_weight": s["jacobian_weight"], "jacobian_floor": D.jacobian_floor,
-                      "velocity_grid": D.velocity_grid, "tolerance": D.tolerance, "patience": D.patience,
-                      "bidirectional": bidirectional, "monitor": monitor}
+            monitor.begin(method, start, 1.0, sum(n for _, _, n in levels))
+            common = {"lr": s["lr"], "smoothness": s["smoothness"], "jacobian_weight": s["jacobian_weight"],
+                      "jacobian_floor": D.jacobian_floor, "velocity_grid": D.velocity_grid,
+                      "tolerance": D.tolerance, "patience": D.patience, "bidirectional": bidirectional,
+                      "monitor": monitor}
             if method == "diffeomorphic":
-                disp, history = register_svf(terms, shape, squaring_steps=D.squaring_steps, **common)
+                disp, history = register_svf(levels, squaring_steps=D.squaring_steps, **common)
                 extra["squaring_steps"] = D.squaring_steps
             else:
-                disp, history = register_neural_ode(terms, shape, integrator=s["integrator"],
-                                                    time_steps=s["time_steps"], seed=s["seed"], **common)
+                disp, history = register_neural_ode(levels, integrator=s["integrator"], time_steps=s["time_steps"],
+                                                    seed=s["seed"], **common)
                 extra.update(integrator=s["integrator"], time_steps=s["time_steps"])
+        extra["level_iterations"] = [len(h) for h, _ in history]
+        extra["level_seconds"] = [round(t, 3) for _, t in history]
+        finals = [-h[-1] if h else 0.0 for h, _ in history]
+        history = [v for h, _ in history for v in h]
         with torch.no_grad():
             zero = torch.zeros_like(disp)
             before = -float(combined_loss(terms, zero, 0.0, bidirectional=False))
@@ -177,10 +203,13 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
         if progress is not None:
             progress("done", 1.0, f"{method}: similarity {before:.4f} -> {after:.4f}, {seconds:.1f} s, "
                                   f"{stats['nonpositive']} folded voxels")
-        levels = [LevelReport(float(np.mean(grid.spacing)), len(history), after, deformation["seconds"], method)]
+        # per level: its final loss (negated; the finest: the similarity itself) and seconds
+        reports = [LevelReport(float(np.mean(g.spacing)), n, after if k == len(pyramid) - 1 else finals[k], t,
+                               method) for k, (g, n, t) in enumerate(zip(pyramid, extra["level_iterations"],
+                                                                         extra["level_seconds"]))]
         is_result = isinstance(linear, RegistrationResult)
         return RegistrationResult(
             matrix, linear.params if is_result else np.zeros(0), method, str(spec),
-            linear.center if is_result else fixed.center(), before, after, seconds, str(dev), levels,
+            linear.center if is_result else fixed.center(), before, after, seconds, str(dev), reports,
             seed=s["seed"], threads=n_threads, evaluations=len(history) + (linear.evaluations if is_result else 0),
             field=field, deformation=deformation)

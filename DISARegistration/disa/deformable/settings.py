@@ -16,6 +16,7 @@ from .defaults import (
 )
 
 MAX_ITERATIONS = 100_000
+MAX_LEVELS = 5
 DEFAULT_LR = {"deformable": D.lr, "diffeomorphic": D.dense_lr, "neural-ode": D.ode_lr}
 MAX_GRID_SPACING_MM = 100.0
 MAX_SEARCH_RADIUS_MM = 200.0
@@ -34,7 +35,8 @@ def check_metric(metric) -> Tuple[MetricSpec, Tuple[Tuple[float, str], ...]]:
 
 def check_dense_settings(transform: str, spacing: Optional[float], grid_spacing_mm, stride, search_radius_mm,
                          iterations: Optional[int], lr: Optional[float], smoothness: Optional[float],
-                         jacobian_weight, integrator: str, time_steps, seed, linear_transform: str) -> dict:
+                         jacobian_weight, integrator: str, time_steps, seed, linear_transform: str,
+                         levels=D.levels, coarse_iterations: Optional[int] = None) -> dict:
     """Checked settings; None values take the method's default (``DENSE_DEFAULTS``)."""
     transform = check_choice("dense transform", transform, DENSE_METHODS)
     dense = transform != "deformable"
@@ -45,6 +47,10 @@ def check_dense_settings(transform: str, spacing: Optional[float], grid_spacing_
            "search_radius_mm": positive("the search radius (mm)", search_radius_mm, MAX_SEARCH_RADIUS_MM),
            "iterations": check_int("iterations", D.dense_iterations if iterations is None and dense
                                    else D.iterations if iterations is None else iterations, 0, MAX_ITERATIONS),
+           "levels": check_int("dense levels", levels, 1, MAX_LEVELS),
+           "coarse_iterations": check_int("coarse-level iterations", (D.dense_coarse_iterations if dense
+                                          else D.coarse_iterations) if coarse_iterations is None
+                                          else coarse_iterations, 0, MAX_ITERATIONS),
            "lr": positive("the learning rate", DEFAULT_LR[transform] if lr is None else lr, 1e3),
            "smoothness": positive("the smoothness weight", (D.dense_smoothness if dense else D.smoothness)
                                   if smoothness is None else smoothness, 1e6, allow_zero=True),
