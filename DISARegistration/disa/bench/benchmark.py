@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from ..errors import CancelledError, InputError
-from .records import choose_methods, json_default, load_average
+from .records import choose_methods, json_default, load_average, open_runners, warm_up_runners
 
 #: Methods in report order; the first four are this engine's.
 METHODS = ("disa", "lc2", "mind", "mi", "sitk-mi", "elastix")
@@ -159,6 +159,9 @@ class _Runner:
         # a weights file (disa benchmark --weights) applies to the DISA rows only
         self.options = {"weights": weights} if method == "disa" and weights is not None else {}
 
+    def settings(self) -> dict:
+        return {"optimizer": OPTIMIZERS[self.method]}
+
     def available(self) -> Optional[str]:
         if self.method == "disa":
             from ..features.weights import DEFAULT_WEIGHTS, load_weights
@@ -271,27 +274,10 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
         results: Dict[str, dict] = {}
         runners: Dict[str, _Runner] = {}
         try:
-            for method in chosen:
-                runner = _Runner(method, fixed, fixed_mask, device, seed, weights)
-                entry = {"optimizer": OPTIMIZERS[method], "available": True, "runs": []}
-                results[method] = entry
-                reason = runner.available()
-                if reason is not None:
-                    entry.update(available=False, reason=reason)
-                    progress(f"[{method}] skipped: {reason}")
-                    continue
-                runners[method] = runner
-                progress(f"[{method}] warm-up (untimed) ...")
-                try:
-                    runner.warm_up(move_image(moving, cases[0]["matrix"]))
-                except (KeyboardInterrupt, CancelledError):
-                    raise
-                except ElastixCrashed as exc:
-                    entry.update(available=False, reason=str(exc))
-                    progress(f"[{method}] crashed: {exc}; skipping it")
-                    runners.pop(method).close()
-                except Exception as exc:
-                    entry["warm_up_error"] = f"{type(exc).__name__}: {exc}"
+            open_runners(chosen, lambda method: _Runner(method, fixed, fixed_mask, device, seed, weights), progress,
+                         results, runners, not_run="skipped")
+            warm_up_runners(runners, results, lambda runner: runner.warm_up(move_image(moving, cases[0]["matrix"])),
+                            progress)
             for c in cases:
                 moved = move_image(moving, c["matrix"])
                 for method, runner in list(runners.items()):
@@ -498,7 +484,7 @@ def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval:
     for method, entry in results.items():
         if not entry.get("available", True) and not entry.get("runs"):
             unavailable.append(f"{method}: {entry.get('reason')}")
-            lines.append(f"| {method} | {entry['optimizer']} | unavailable | | | | | | | |")
+            lines.append(f"| {method} | {entry['settings']['optimizer']} | unavailable | | | | | | | |")
             continue
         s = entry["summary"]
         name = method
@@ -507,7 +493,7 @@ def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval:
         if not entry.get("available", True):
             name += " (crashed, partial)"
             unavailable.append(f"{method}: {entry.get('reason')}")
-        lines.append(f"| {name} | {entry['optimizer']} | {_fmt(s['mean_tre'])} | {_fmt(s['median_tre'])} | "
+        lines.append(f"| {name} | {entry['settings']['optimizer']} | {_fmt(s['mean_tre'])} | {_fmt(s['median_tre'])} | "
                      f"{_pct(s['share_below_2mm'])} | {_pct(s['share_below_5mm'])} | {_fmt(s['max_tre'])} | "
                      f"{_fmt(s['median_seconds'], '.1f')} | {_fmt(s['median_tre'] / best if best else math.nan)} | "
                      f"{_fmt(s['median_seconds'] / sitk_s if sitk_s else math.nan)} |")

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..cases import KINDS as CASE_KINDS
 from ..errors import CancelledError, InputError
-from .records import load_average, open_runners, report_files
+from .records import load_average, open_runners, report_files, warm_up_runners
 
 BINS = ((0.0, 25.0), (25.0, 50.0), (50.0, 75.0), (75.0, 100.0))
 MAX_ERROR_MM = BINS[-1][1]
@@ -274,17 +274,7 @@ def run_capture(cases: int = 6, runs: int = 8, methods: Optional[Sequence[str]] 
                      results, runners, not_run="skipped")
         f, m, mask = prepared[plan[0]["case"]]
         first = move_image(m, plan[0]["matrix"])
-        for method, runner in list(runners.items()):  # one untimed run each, on the first start
-            entry = results[method]
-            try:
-                runner.warm_up(f, first, mask)
-            except (KeyboardInterrupt, CancelledError):
-                raise
-            except ElastixCrashed as exc:
-                entry.update(available=False, reason=str(exc))
-                runners.pop(method).close()
-            except Exception as exc:
-                entry["warm_up_error"] = f"{type(exc).__name__}: {exc}"
+        warm_up_runners(runners, results, lambda runner: runner.warm_up(f, first, mask), progress)  # first start
         for i, p in enumerate(plan):
             case = all_cases[p["case"]]
             f, m, mask = prepared[p["case"]]

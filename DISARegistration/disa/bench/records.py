@@ -26,7 +26,6 @@ def json_default(o):
     return str(o)
 
 
-__all__ = ["load_average", "json_default"]
 
 
 def report_files(output_dir, names):
@@ -67,3 +66,28 @@ def open_runners(methods, make_runner, progress, results: dict, runners: dict, n
             progress(f"[{method}] {not_run}: {reason}")
             continue
         runners[method] = runner
+
+
+def warm_up_runners(runners: dict, results: dict, warm_up, progress) -> None:
+    """One untimed ``warm_up(runner)`` per runner (imports, kernels, caches), so that no timed run
+    pays them. A peer whose process died is closed, dropped and marked unavailable; any other
+    error is kept in its entry as ``warm_up_error`` and the method still runs."""
+    from ..errors import CancelledError
+    from .peers import ElastixCrashed
+
+    for method, runner in list(runners.items()):
+        entry = results[method]
+        progress(f"[{method}] warm-up (untimed) ...")
+        try:
+            warm_up(runner)
+        except (KeyboardInterrupt, CancelledError):
+            raise
+        except ElastixCrashed as exc:
+            entry.update(available=False, reason=str(exc))
+            progress(f"[{method}] crashed: {exc}; skipping it")
+            runners.pop(method).close()
+        except Exception as exc:  # noqa: BLE001  (recorded; the timed runs say whether it matters)
+            entry["warm_up_error"] = f"{type(exc).__name__}: {exc}"
+
+
+__all__ = ["load_average", "json_default", "report_files", "choose_methods", "open_runners", "warm_up_runners"]
