@@ -19,8 +19,16 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import CancelledError, InputError
-from .records import choose_methods, json_default, load_average, open_runners, warm_up_runners
+from ..errors import InputError
+from .records import (
+    CRASHED,
+    call_runner,
+    choose_methods,
+    json_default,
+    load_average,
+    open_runners,
+    warm_up_runners,
+)
 
 #: Methods in report order; the first four are this engine's.
 METHODS = ("disa", "lc2", "mind", "mi", "sitk-mi", "elastix")
@@ -269,8 +277,6 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
 
         # Runs are interleaved (run 1 of every method, then run 2, ...) so that a change in the
         # machine's load during the benchmark affects all methods alike.
-        from .peers import ElastixCrashed
-
         results: Dict[str, dict] = {}
         runners: Dict[str, _Runner] = {}
         try:
@@ -283,7 +289,8 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
                 for method, runner in list(runners.items()):
                     entry = results[method]
                     record = {"run": c["run"]}
-                    try:
+
+                    def timed_run():
                         matrix, seconds, info = runner(moved)
                         errors = registration_errors(matrix, fixed_lm, c["moving_landmarks"])
                         record.update(tre=float(errors.mean()), tre_median_landmark=float(np.median(errors)),
@@ -291,16 +298,13 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
                                       matrix=np.asarray(matrix).tolist(), info=info)
                         progress(f"[{method}] run {c['run']}/{len(cases)}: TRE {record['tre']:.2f} mm "
                                  f"(initial {c['initial_tre']['mean']:.2f}), {seconds:.1f} s")
-                    except (KeyboardInterrupt, CancelledError):
-                        raise
-                    except ElastixCrashed as exc:
-                        entry.update(available=False, reason=str(exc))
-                        progress(f"[{method}] crashed: {exc}; skipping its remaining runs")
-                        runners.pop(method).close()
+
+                    error = call_runner(method, runners, results, progress, timed_run)
+                    if error is CRASHED:
                         continue
-                    except Exception as exc:
-                        record.update(tre=math.nan, seconds=math.nan, error=f"{type(exc).__name__}: {exc}")
-                        progress(f"[{method}] run {c['run']}/{len(cases)}: FAILED ({record['error']})")
+                    if error is not None:
+                        record.update(tre=math.nan, seconds=math.nan, error=error)
+                        progress(f"[{method}] run {c['run']}/{len(cases)}: FAILED ({error})")
                     entry["runs"].append(record)
         finally:
             for runner in runners.values():

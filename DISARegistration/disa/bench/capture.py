@@ -34,8 +34,8 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 
 from ..cases import KINDS as CASE_KINDS
-from ..errors import CancelledError, InputError
-from .records import load_average, open_runners, report_files, warm_up_runners
+from ..errors import InputError
+from .records import CRASHED, call_runner, load_average, open_runners, report_files, warm_up_runners
 
 BINS = ((0.0, 25.0), (25.0, 50.0), (50.0, 75.0), (75.0, 100.0))
 MAX_ERROR_MM = BINS[-1][1]
@@ -209,7 +209,6 @@ def run_capture(cases: int = 6, runs: int = 8, methods: Optional[Sequence[str]] 
     from ..spatial import foreground_mask, resample_to_spacing
     from . import capture_report
     from .capture_methods import MethodRunner, check_methods
-    from .peers import ElastixCrashed
 
     log = sys.stderr if log is None else log
     chosen = check_methods(methods)
@@ -282,23 +281,21 @@ def run_capture(cases: int = 6, runs: int = 8, methods: Optional[Sequence[str]] 
             moving_points = case.moving_points @ p["matrix"][:3, :3].T + p["matrix"][:3, 3]
             for method, runner in list(runners.items()):
                 record = {"case": case.name, "kind": case.kind, "run": p["run"], "initial_error": p["initial_error"]}
-                try:
+
+                def timed_run():
                     out = runner(f, moved, mask)
                     tre = float(registration_errors(out["matrix"], case.fixed_points, moving_points).mean())
                     record.update(tre=tre, seconds=float(out["seconds"]), evaluations=out["evaluations"],
                                   matrix=np.asarray(out["matrix"]).tolist(), info=out["info"])
                     progress(f"[{method}] {i + 1}/{len(plan)} {case.name} run {p['run']}: initial "
                              f"{p['initial_error']:.1f} mm -> TRE {tre:.2f} mm, {out['seconds']:.1f} s")
-                except (KeyboardInterrupt, CancelledError):
-                    raise
-                except ElastixCrashed as exc:
-                    results[method].update(available=False, reason=str(exc))
-                    runners.pop(method).close()
+
+                error = call_runner(method, runners, results, progress, timed_run)
+                if error is CRASHED:
                     continue
-                except Exception as exc:
-                    record.update(tre=math.nan, seconds=math.nan, evaluations=None,
-                                  error=f"{type(exc).__name__}: {exc}")
-                    progress(f"[{method}] {i + 1}/{len(plan)} {case.name} run {p['run']}: FAILED ({record['error']})")
+                if error is not None:
+                    record.update(tre=math.nan, seconds=math.nan, evaluations=None, error=error)
+                    progress(f"[{method}] {i + 1}/{len(plan)} {case.name} run {p['run']}: FAILED ({error})")
                 results[method]["runs"].append(record)
     finally:
         for runner in runners.values():

@@ -26,8 +26,6 @@ def json_default(o):
     return str(o)
 
 
-
-
 def report_files(output_dir, names):
     """A benchmark report's files ``names`` in ``output_dir`` as OutputFiles (written together,
     all or none), checked writable before the runs."""
@@ -68,26 +66,41 @@ def open_runners(methods, make_runner, progress, results: dict, runners: dict, n
         runners[method] = runner
 
 
-def warm_up_runners(runners: dict, results: dict, warm_up, progress) -> None:
-    """One untimed ``warm_up(runner)`` per runner (imports, kernels, caches), so that no timed run
-    pays them. A peer whose process died is closed, dropped and marked unavailable; any other
-    error is kept in its entry as ``warm_up_error`` and the method still runs."""
+#: What :func:`call_runner` returns when the method's peer process died.
+CRASHED = object()
+
+
+def call_runner(method: str, runners: dict, results: dict, progress, call):
+    """``call()`` for ``method``'s runner: None when it returned, its one-line error when it
+    raised, ``CRASHED`` when the method's peer process died (the runner is then closed, dropped
+    from ``runners`` and its entry marked unavailable). Cancellation goes on."""
     from ..errors import CancelledError
     from .peers import ElastixCrashed
 
+    try:
+        call()
+    except (KeyboardInterrupt, CancelledError):
+        raise
+    except ElastixCrashed as exc:
+        results[method].update(available=False, reason=str(exc))
+        progress(f"[{method}] crashed: {exc}; skipping it")
+        runners.pop(method).close()
+        return CRASHED
+    except Exception as exc:  # noqa: BLE001  (recorded by the caller; the other methods go on)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def warm_up_runners(runners: dict, results: dict, warm_up, progress) -> None:
+    """One untimed ``warm_up(runner)`` per runner (imports, kernels, caches), so that no timed run
+    pays them. A peer whose process died is dropped (:func:`call_runner`); any other error is
+    kept in its entry as ``warm_up_error`` and the method still runs."""
     for method, runner in list(runners.items()):
-        entry = results[method]
         progress(f"[{method}] warm-up (untimed) ...")
-        try:
-            warm_up(runner)
-        except (KeyboardInterrupt, CancelledError):
-            raise
-        except ElastixCrashed as exc:
-            entry.update(available=False, reason=str(exc))
-            progress(f"[{method}] crashed: {exc}; skipping it")
-            runners.pop(method).close()
-        except Exception as exc:  # noqa: BLE001  (recorded; the timed runs say whether it matters)
-            entry["warm_up_error"] = f"{type(exc).__name__}: {exc}"
+        error = call_runner(method, runners, results, progress, lambda: warm_up(runner))
+        if error is not None and error is not CRASHED:
+            results[method]["warm_up_error"] = error
 
 
-__all__ = ["load_average", "json_default", "report_files", "choose_methods", "open_runners", "warm_up_runners"]
+__all__ = ["load_average", "json_default", "report_files", "choose_methods", "open_runners", "CRASHED", "call_runner",
+           "warm_up_runners"]
