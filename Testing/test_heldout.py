@@ -96,8 +96,9 @@ def test_train_resume_and_select_end_to_end(tmp_path):
     assert main(common + ["--steps", "4", "--lr", "5e-4", "--warmup-steps", "1", "--time-limit", "600"]) == 0
     assert main(common + ["--steps", "4"]) == 2  # an existing run is never overwritten silently
     assert main(common + ["--steps", "6", "--resume", "--init", str(DEFAULT_WEIGHTS)]) == 2  # --init: new runs only
-    # the resumed run keeps its own learning rate (not the command line's default) and records the change
-    assert main(common + ["--steps", "6", "--resume"]) == 0
+    # the resumed run keeps its own learning rate (not the command line's default) and records the
+    # change; the data mix given again unchanged (0.7+0.15+0.15) is no change
+    assert main(common + ["--steps", "6", "--resume", "--mix", "0.7", "0.15", "0.15"]) == 0
     curve = json.loads((run / "curve.json").read_text())
     assert [h["step"] for h in curve["history"]] == [0, 2, 4, 6]
     assert curve["config"]["lr"] == 5e-4 and curve["history"][-1]["lr"] <= 5e-4

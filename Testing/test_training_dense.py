@@ -106,6 +106,23 @@ def test_schedules():
     assert distill_weight(cfg, 0) == 2.0 and distill_weight(cfg, 250) == 1.0 and distill_weight(cfg, 600) == 0.0
     with pytest.raises(InputError):
         TrainConfig(source_dir=".", out_dir=".", lr=float("nan")).check()
+    for mix in ((1.0, -0.5, 0.5), (0.0, 0.0, 0.0), (0.5, 0.5)):
+        with pytest.raises(InputError, match="--mix"):
+            TrainConfig(source_dir=".", out_dir=".", mix=mix).check()
+
+
+def test_curve_reports_each_kind_of_pair():
+    """The curve's per-kind figures come from the crops of that kind: a flat 'real ultrasound'
+    pair (LC² 0 everywhere) next to a structured synthetic one."""
+    flat = rendered(21)
+    flat = RenderedPair(flat.a, np.zeros_like(flat.b), flat.centres_a, flat.centres_b, True, 1.0, "curve-us-self-X")
+    curve = CurveSet([rendered(23), flat], n_pairs=8, seed=3, crop=48)
+    assert set(curve.kinds) == {"synthetic", "us-self"}
+    us = torch.from_numpy(curve.kinds == "us-self")
+    assert float(curve.b[us].std(dim=(1, 2, 3, 4)).max()) < 1e-6 < float(curve.b[~us].std(dim=(1, 2, 3, 4)).min())
+    out = curve.evaluate(seeded_model(0))
+    assert out["target_mean_us_self"] == 0.0 and out["target_mean_synthetic"] > 0.05
+    assert {"r2_synthetic", "corr_synthetic", "pred_mean_us_self"} <= set(out) and "r2_us_template" not in out
 
 
 def test_short_training_learns_on_held_out_crops(tmp_path):

@@ -54,6 +54,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "default) or none (the paper: its B patches are drawn by that weight, as the crop centres are)")
     d.add_argument("--aligned-fraction", type=float,
                    help="share of crop pairs cut at the same point of one-grid pairs (default 0.4)")
+    d.add_argument("--mix", type=float, nargs=3, metavar=("SYN", "US_SELF", "US_TEMPLATE"),
+                   help="shares of the training volume pairs: synthetic, real ultrasound with a remapped copy of "
+                        "itself, real ultrasound with an unrelated template (default 0.7 0.15 0.15)")
     d.add_argument("--max-offset", type=float, help="largest shift (crop voxels) of misaligned crops (default 12)")
     d.add_argument("--pool-size", type=int, default=None, help="volume pairs held at once (default 48 on CUDA, 12 on the CPU)")
     d.add_argument("--refresh-every", type=int,
@@ -126,7 +129,7 @@ def run_from_args(args) -> int:
              "lc2": args.lc2_weight, "distill": args.distill, "distill_until": args.distill_until,
              "norm_penalty": args.norm_penalty, "clip_grad": args.clip_grad, "shifts": args.shifts,
              "weighting": args.weighting, "aligned_fraction": args.aligned_fraction, "max_offset": args.max_offset,
-             "pool_size": args.pool_size, "refresh_every": args.refresh_every, "render_workers": args.render_workers,
+             "mix": args.mix, "pool_size": args.pool_size, "refresh_every": args.refresh_every, "render_workers": args.render_workers,
              "eval_every": args.eval_every, "curve_pairs": args.curve_pairs, "curve_crops": args.curve_crops,
              "seed": args.seed, "precision": args.precision, "threads": args.threads,
              "time_limit_s": args.time_limit, "init": args.init}

@@ -94,11 +94,13 @@ def random_frames(n: int, rng: np.random.Generator, scales: np.ndarray) -> np.nd
 
 def sample_crop_pairs(atlas: VolumeAtlas, pool: List[PoolEntry], n: int, rng: np.random.Generator,
                       size: int = 64, max_offset: float = 12.0, aligned_fraction: float = 0.4,
-                      intensity: Optional[dict] = None):
+                      intensity: Optional[dict] = None, with_index: bool = False):
     """``n`` crop pairs ``(A, B)``, each (n, 1, size^3), on the atlas device, with random
     intensity augmentation per crop (``intensity``: sign flip probability, log-scale range,
-    offset range; None: the defaults of :func:`augment_intensity`)."""
-    entries = [pool[i] for i in rng.integers(len(pool), size=n)]
+    offset range; None: the defaults of :func:`augment_intensity`). ``with_index``: also return
+    the pool index each pair was cut from (n,)."""
+    index = rng.integers(len(pool), size=n)
+    entries = [pool[i] for i in index]
     scales = np.array([e.scale for e in entries])
     frames = random_frames(n, rng, scales)
     cb = np.stack([e.centres_b[rng.integers(len(e.centres_b))] for e in entries]).astype(np.float64)
@@ -115,7 +117,7 @@ def sample_crop_pairs(atlas: VolumeAtlas, pool: List[PoolEntry], n: int, rng: np
     slots = np.array([[e.slot_a for e in entries], [e.slot_b for e in entries]]).reshape(-1)
     crops = atlas.crops(slots, np.concatenate([ca, cb]), np.concatenate([frames, frames]), size)
     crops = augment_intensity(crops, rng, **(intensity or {}))
-    return crops[:n], crops[n:]
+    return (crops[:n], crops[n:], index) if with_index else (crops[:n], crops[n:])
 
 
 def augment_intensity(x: torch.Tensor, rng: np.random.Generator, sign: float = 0.5,

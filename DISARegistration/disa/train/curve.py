@@ -10,7 +10,10 @@ supervised outputs of each pair, as in training):
 - ``corr``: Pearson correlation of prediction and target;
 - ``flat_norm``: the median descriptor norm of outputs whose B cube is flat (variance < 1e-3),
   which should be near 0 (flat patches are similar to nothing);
-- descriptor-norm statistics, the mean prediction and the training loss since the last point.
+- descriptor-norm statistics, the mean prediction and the training loss since the last point;
+- per kind of volume pair (``synthetic``, ``us_self``: real ultrasound, ``us_template``), when
+  the set holds that kind: ``r2_<kind>``, ``corr_<kind>``, ``pred_mean_<kind>`` and
+  ``target_mean_<kind>`` (a network can fit the synthetic pairs and miss real ultrasound).
 
 Baselines on the same crops: the constant predictor (R² 0 by definition), the network at its
 initialization (step 0 of a fresh run) and the parameter-free MIND-SSC oracle
@@ -45,6 +48,18 @@ LAST = last_output(CROP)
 WEIGHT_CAP, WEIGHT_FLOOR = 2.0, 0.02
 #: Variance below which a B cube counts as flat.
 FLAT_VARIANCE = 1e-3
+
+
+#: Kinds of held-out volume pairs the curve reports separately (see :mod:`.sources`).
+PAIR_KINDS = ("synthetic", "us-self", "us-template")
+
+
+def pair_kind(name: str) -> str:
+    """The kind of a volume pair from its name (``curve-us-self-Case26``: us-self, ...)."""
+    for kind in PAIR_KINDS[1:]:
+        if kind in name:
+            return kind
+    return "synthetic"
 
 
 def output_weights(var_b: torch.Tensor) -> torch.Tensor:
@@ -90,9 +105,10 @@ class CurveSet:
             pool.append(PoolEntry(2 * i, 2 * i + 1, p.centres_a, p.centres_b, p.same_grid, p.scale, p.name))
         rng = np.random.default_rng(seed)
         with torch_threads(1):  # the same crops and targets whatever the caller's thread count
-            a, b = sample_crop_pairs(atlas, pool, n_pairs, rng, crop)
+            a, b, index = sample_crop_pairs(atlas, pool, n_pairs, rng, crop, with_index=True)
             target, var_b = dense_targets(a, b, FIRST, last_output(crop))
         self.names = [p.name for p in pairs]
+        self.kinds = np.array([pair_kind(self.names[i]) for i in index])
         self.device = torch.device(device)
         self.a, self.b = a.to(self.device), b.to(self.device)
         self.target, self.weight = target.to(self.device), output_weights(var_b).to(self.device)
@@ -119,6 +135,14 @@ class CurveSet:
         out.update(pred_mean=float(pred.mean()), norm_median=float(norm.median()),
                    norm_saturated=float((norm > 0.99).float().mean()),
                    flat_norm=float(flat.median()) if flat.numel() else float("nan"))
+        for kind in PAIR_KINDS:
+            sel = torch.from_numpy(self.kinds == kind).to(self.device)
+            if int(sel.sum()) < 2:
+                continue
+            part = fit_metrics(pred[sel], self.target[sel], self.weight[sel])
+            key = kind.replace("-", "_")
+            out.update({f"r2_{key}": part["r2"], f"corr_{key}": part["corr"],
+                        f"pred_mean_{key}": float(pred[sel].mean()), f"target_mean_{key}": float(self.target[sel].mean())})
         return out
 
     def baselines(self, initial_model: Optional[torch.nn.Module] = None) -> Dict[str, dict]:
@@ -167,6 +191,10 @@ def plot_curve(report: dict, path_png: str) -> None:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for key, style in (("r2", "-o"), ("wr2", "-s"), ("corr", "-^")):
         ax.plot(steps, [h[key] for h in hist], style, ms=3, label=key)
+    for kind in PAIR_KINDS:  # per kind where recorded (curves written before these keys have gaps)
+        points = [(h["step"], h[f"r2_{kind.replace('-', '_')}"]) for h in hist if f"r2_{kind.replace('-', '_')}" in h]
+        if points:
+            ax.plot(*zip(*points), ":", lw=1, label=f"r2 {kind}")
     base = report.get("baselines", {})
     for name, colour in (("mind_oracle_affine", "tab:green"), ("initial_network", "tab:red")):
         if name in base:
@@ -190,5 +218,5 @@ def plot_curve(report: dict, path_png: str) -> None:
     os.replace(tmp, path_png)
 
 
-__all__ = ["CurveSet", "write_curve", "plot_curve", "fit_metrics", "affine_fit", "descriptors_at_outputs",
+__all__ = ["CurveSet", "PAIR_KINDS", "pair_kind", "write_curve", "plot_curve", "fit_metrics", "affine_fit", "descriptors_at_outputs",
            "output_weights", "last_output", "CROP", "FIRST", "LAST"]

@@ -27,7 +27,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -40,7 +40,7 @@ from ..registration.pipeline import resolve_device
 from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_snapshot
 from .crops import PoolEntry, VolumeAtlas, sample_crop_pairs
 from .curve import CROP, FIRST, CurveSet, last_output, output_weights, write_curve
-from .sources import curve_pairs, render_pair, training_us_files
+from .sources import DEFAULT_MIX, KINDS, curve_pairs, render_pair, training_us_files
 from .synth import TEMPLATES, load_template
 from .targets import dense_targets
 
@@ -67,6 +67,8 @@ class TrainConfig:
     weighting: str = "variance"
     aligned_fraction: float = 0.4
     max_offset: float = 12.0
+    # Shares of the kinds of training volume pairs (sources.KINDS: synthetic, us-self, us-template).
+    mix: tuple = DEFAULT_MIX
     pool_size: int = 12
     refresh_every: int = 30
     render_workers: int = 0
@@ -94,6 +96,9 @@ class TrainConfig:
             v = float(getattr(self, name))
             if not math.isfinite(v) or v < 0:
                 raise InputError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+        mix = [float(x) for x in self.mix]
+        if len(mix) != len(KINDS) or not all(math.isfinite(x) and x >= 0 for x in mix) or sum(mix) <= 0:
+            raise InputError(f"--mix takes {len(KINDS)} shares >= 0 ({', '.join(KINDS)}) that do not all vanish")
         if not 0.0 <= self.aligned_fraction <= 1.0:
             raise InputError("--aligned-fraction must lie in [0, 1]")
         if self.weighting not in ("variance", "none"):
@@ -108,7 +113,7 @@ class TrainConfig:
 #: workers, pool size) belong to the machine and are taken from the resuming call.
 RECIPE = ("steps", "batch_pairs", "crop", "lr", "min_lr", "weight_decay", "warmup_steps", "lc2", "distill",
           "distill_until", "norm_penalty", "clip_grad", "shifts", "weighting", "aligned_fraction", "max_offset",
-          "refresh_every", "eval_every", "curve_pairs", "curve_crops", "seed", "precision")
+          "mix", "refresh_every", "eval_every", "curve_pairs", "curve_crops", "seed", "precision")
 #: Defaults that depend on the training device (the rest are TrainConfig's own).
 DEVICE_DEFAULTS = {"cuda": {"batch_pairs": 32, "pool_size": 48, "eval_every": 500},
                    "cpu": {"batch_pairs": 2, "pool_size": 12, "eval_every": 100, "render_workers": 0}}
@@ -121,6 +126,8 @@ def run_config(source_dir: str, out_dir: str, given: Dict[str, object], device: 
     defaults and TrainConfig's; a resumed run (a checkpoint in ``out_dir``) takes every
     ``RECIPE`` setting from the checkpoint unless ``given`` changes it, and says which it changed."""
     given = {k: v for k, v in given.items() if v is not None}
+    if "mix" in given:  # a tuple here, a list in a checkpoint: compared as lists
+        given["mix"] = [float(x) for x in given["mix"]]
     unknown = sorted(set(given) - set(TrainConfig.__dataclass_fields__))
     if unknown:
         raise InputError(f"unknown training settings: {', '.join(unknown)}")
@@ -135,7 +142,12 @@ def run_config(source_dir: str, out_dir: str, given: Dict[str, object], device: 
             raise InputError("--init starts a new run; a resumed run goes on from its checkpoint")
         ck = load_checkpoint(ckpt_path)
         saved = ck.get("config") or {}
-        kept = {k: saved[k] for k in RECIPE if k in saved}
+        # a setting the checkpoint predates ran at TrainConfig's default
+        fields = TrainConfig.__dataclass_fields__
+        kept = {k: saved[k] if k in saved else fields[k].default for k in RECIPE
+                if k in saved or fields[k].default is not MISSING}
+        if "mix" in kept:
+            kept["mix"] = [float(x) for x in kept["mix"]]
         changed = {k: (kept[k], given[k]) for k in RECIPE if k in given and k in kept and given[k] != kept[k]}
         values = {**defaults, **kept, **given}
         resumes = list((saved.get("metadata") or {}).get("resumes", []))
@@ -181,7 +193,10 @@ class Pool:
 
     def _render(self):
         i, self.next_index = self.next_index, self.next_index + 1
-        args = (self.config.source_dir, self.config.seed, i, self.us_files)
+        mix = [float(x) for x in self.config.mix]
+        if abs(sum(mix) - 1.0) > 1e-9:  # shares as given; the default stream is drawn with them unchanged
+            mix = [x / sum(mix) for x in mix]
+        args = (self.config.source_dir, self.config.seed, i, self.us_files, tuple(mix))
         return self.executor.submit(render_pair, *args) if self.executor else render_pair(*args)
 
     def _put(self, slot: int, pair) -> None:
