@@ -212,3 +212,22 @@ def test_other_metrics_run(pair, metric):
                                  iterations=3)
     assert torch.isfinite(result.field.data).all() and np.isfinite(result.final_similarity)
     assert result.metric == str(parse_metric(metric)) and result.deformation["level_iterations"][-1] == 3
+
+
+def test_adam_takes_torch_adams_steps():
+    """The dense optimizers' Adam (disa.optim.Adam) follows torch.optim.Adam's iterates on a
+    non-convex two-tensor problem."""
+    from disa.optim import Adam
+
+    torch.manual_seed(0)
+    ours = [torch.randn(3, 5).requires_grad_(), torch.randn(4).requires_grad_()]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    start = [p.detach().clone() for p in ours]
+    opts = (Adam(ours, lr=0.05), torch.optim.Adam(theirs, lr=0.05))
+    for _ in range(50):
+        for opt, (x, w) in zip(opts, (ours, theirs)):
+            opt.zero_grad()
+            ((x.sin() ** 2).sum() + (w ** 4).sum() * x.sum()).backward()
+            opt.step()
+    for a, b, s in zip(ours, theirs, start):
+        assert torch.equal(a, b) and float((a - s).abs().max()) > 0.1

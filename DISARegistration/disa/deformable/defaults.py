@@ -32,6 +32,11 @@ class DenseDefaults:
     transform: str = "deformable"
     metric: str = "mind"
     linear_transform: str = "rigid"
+    # Moving-level oversampling of the linear start (``register``'s ``oversample``; a rigid or
+    # affine registration alone uses 2). The dense stage corrects what the finer moving grid
+    # would add: on the 4 seed-0 benchmark cases (2 threads) the rigid start took 3.0 s instead of
+    # 10.1 s, with the same rigid Dice (0.870 vs 0.871) and deformable Dice 0.911 vs 0.908.
+    linear_oversample: int = 1
     # Working spacing (mm): None chooses the finest of the fixed spacing and the largest fixed
     # extent / ``working_voxels`` (1.5 mm for a 96 mm brain box), never more than 128 across.
     # Measured on the deformable benchmark's 4 cached cases (2 T2-T1, 2 CT-T1, 6 mm deformations;

@@ -22,7 +22,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..optim import Monitor
+from ..optim import Adam, Monitor
 from .fields import (
     folding_penalty,
     identity_grid,
@@ -98,7 +98,7 @@ def optimize_loop(parameters, displacement: Callable[[tuple], Tuple[torch.Tensor
     live on a grid fixed in space, so they carry over from level to level unchanged; each level
     stops after its iterations or once converged. Returns the finest displacement and, per
     level, the losses of its iterations and its seconds."""
-    optimizer = torch.optim.Adam(parameters, lr=lr)
+    optimizer = Adam(parameters, lr=lr)
     history = []
     for terms, shape, iterations in levels:
         level, started = [], time.perf_counter()

@@ -17,7 +17,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from ..optim import Monitor
+from ..optim import Adam, Monitor
 from .fields import smooth
 from .losses import DenseTerm, combined_loss
 
@@ -41,7 +41,7 @@ def instance_optimize(terms: Sequence[Tuple[float, DenseTerm]], initial: Optiona
     shape = first.fixed.shape[-3:]
     start = torch.zeros(1, 3, *shape, device=first.fixed.device) if initial is None else initial.detach()
     param = start.clone().float().requires_grad_(True)
-    optimizer = torch.optim.Adam([param], lr=lr)
+    optimizer = Adam([param], lr=lr)
     history = []
 
     def field() -> torch.Tensor:

@@ -115,6 +115,8 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
             def scaled(stage, fraction, message):
                 if progress is not None:
                     progress(stage, LINEAR_PROGRESS * fraction, message)
+            if linear_options.get("oversample") is None:
+                linear_options["oversample"] = D.linear_oversample
             linear = register(fixed, moving, metric=str(spec), transform=s["linear_transform"], initial=initial,
                               seed=s["seed"], device=device, threads=n_threads, progress=scaled, cancel=cancel,
                               weights=weights, **linear_options)

@@ -1,5 +1,6 @@
 """Optimizers over transform parameter vectors, with progress and cancel hooks."""
 
+from .adam import Adam  # noqa: F401
 from .base import OptimResult, Monitor  # noqa: F401
 from .lbfgs import minimize_lbfgs  # noqa: F401
 from .bobyqa import minimize_bobyqa  # noqa: F401

@@ -117,7 +117,7 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
              transform: str = DEFAULTS.transform, initial: Optional[np.ndarray] = None,
              optimizer: Optional[str] = None, spacings: Optional[Sequence[float]] = None,
              max_evals: Optional[int] = None, device: str = DEFAULTS.device, seed: int = DEFAULTS.seed,
-             fixed_mask=DEFAULTS.fixed_mask, moving_mask="auto", oversample: int = 2,
+             fixed_mask=DEFAULTS.fixed_mask, moving_mask="auto", oversample: Optional[int] = None,
              search: str = DEFAULTS.search, search_preset: str = DEFAULTS.search_preset,
              search_rotation: Optional[float] = DEFAULTS.search_rotation,
              search_translation: Optional[float] = DEFAULTS.search_translation,
@@ -142,8 +142,9 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
     ``defaults.SEARCH_PRESETS``) on the coarsest level, narrows them coarse to fine and optimizes
     locally from the best ``search_starts`` of them (``registration/search.py``); exact LC² alone
     searches locally. ``oversample``: the moving features live on a grid this many times
-    finer than the working spacing (see ``moving_level``). ``precision``: of DISA descriptors
-    (float32; bfloat16, or float16 on CUDA, on request). ``weights``: a DISA weights file.
+    finer than the working spacing (see ``moving_level``; None: ``OVERSAMPLE``, or
+    ``DENSE_DEFAULTS.linear_oversample`` for the linear start of a dense registration).
+    ``precision``: of DISA descriptors (float32; bfloat16, or float16 on CUDA, on request). ``weights``: a DISA weights file.
     ``threads``: CPU threads of the run (None: every CPU of the machine); the result depends on
     the count, which this run pins in its own thread (see ``disa.threads``).
     ``cancel``: polled at every evaluation, every global-search batch and between preparation
@@ -171,6 +172,7 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
         raise InputError(f"dense settings ({', '.join(sorted(dense))}) need a deformable, diffeomorphic or "
                          f"neural-ode transform, not {transform}")
     n_threads = check_int("threads", threads, 1, 4096) if threads is not None else machine_threads()
+    oversample = OVERSAMPLE if oversample is None else check_int("oversample", oversample, 1, 4)
     with torch_threads(n_threads):
         started = time.perf_counter()
         settings = check_settings(transform, search, search_rotation, search_translation, search_samples,
@@ -359,6 +361,8 @@ def level_voxels(fixed, moving, spacings: Sequence[float], oversample: int) -> L
             for s in spacings]
 
 
+#: How many times finer than a level's spacing its moving image is sampled (``moving_level``).
+OVERSAMPLE = 2
 #: Largest oversampled moving grid (voxels); beyond it the moving level is not oversampled.
 MAX_OVERSAMPLED_VOXELS = 16_000_000
 
@@ -425,7 +429,7 @@ def check_file_memory(fixed: Volume, moving: Volume, options: dict) -> None:
 def file_memory_bytes(fixed: Volume, moving: Volume, options: dict) -> int:
     """Bytes ``register`` needs for images still on disk with ``options`` (its keywords), their
     reading included (what ``check_file_memory`` checks; a cohort plans its workers with it)."""
-    oversample = options.get("oversample", 2)
+    oversample = options.get("oversample") or OVERSAMPLE
     metric = options.get("metric", DEFAULTS.metric)
     spec = None if isinstance(metric, Similarity) else parse_metric(metric)
     names = measure_names(metric) if spec is None else spec.names
