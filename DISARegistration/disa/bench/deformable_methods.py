@@ -287,7 +287,8 @@ class MethodRunner:
         if self.method == "rigid":
             return f"disa rigid {METRIC}, local search, {spacings}"
         dense = ", ".join(f"{k} {v}" for k, v in sorted(self.dense.items())) or "defaults"
-        return f"disa {self.method} {METRIC} after rigid {METRIC} ({spacings}); dense settings: {dense}"
+        return (f"disa {self.method} {METRIC} after rigid {METRIC} ({spacings}, moving levels sampled at the working "
+                f"spacing); dense settings: {dense}")
 
     def warm_up(self, case) -> None:
         """One untimed coarse rigid run of the engine (imports, kernels)."""

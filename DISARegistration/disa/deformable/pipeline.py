@@ -153,7 +153,8 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
         t0 = time.perf_counter()
         extra: dict = {}
         method = s["transform"]
-        if method == "deformable":
+        discrete = None
+        if method == "deformable" or (method == "diffeomorphic" and D.svf_discrete_start):
             step = float(np.mean(grid.spacing))
             cell = s["stride"] * max(1, round(s["grid_spacing_mm"] / (step * s["stride"])))
             radius = max(1, int(np.ceil(s["search_radius_mm"] / (step * s["stride"]) - 1e-6)))
@@ -161,11 +162,14 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
                 raise InputError(f"the control grid spacing ({s['grid_spacing_mm']:g} mm) exceeds the image: "
                                  "use a smaller grid spacing")
             monitor.begin("discrete search", start, start + 0.2 * (1 - start), len(D.coupling))
-            disp = discrete_search(terms, cell, s["stride"], radius, D.coupling, monitor)
+            discrete = discrete_search(terms, cell, s["stride"], radius, D.coupling, monitor)
             extra.update(control_cell_voxels=cell, search_steps=radius, stride=s["stride"],
                          grid_spacing_mm=cell * step, discrete_seconds=time.perf_counter() - t0)
+            start = start + 0.2 * (1 - start)
+        if method == "deformable":
+            disp = discrete
             # instance optimization coarse to fine, each level from the previous one's field
-            monitor.begin("instance optimization", start + 0.2 * (1 - start), 1.0, sum(n for _, _, n in levels))
+            monitor.begin("instance optimization", start, 1.0, sum(n for _, _, n in levels))
             history = []
             for level_terms_k, level_shape, n in levels:
                 started_level = time.perf_counter()
@@ -180,7 +184,7 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
                       "tolerance": D.tolerance, "patience": D.patience, "bidirectional": bidirectional,
                       "monitor": monitor}
             if method == "diffeomorphic":
-                disp, history = register_svf(levels, squaring_steps=D.squaring_steps, **common)
+                disp, history = register_svf(levels, squaring_steps=D.squaring_steps, initial=discrete, **common)
                 extra["squaring_steps"] = D.squaring_steps
             else:
                 disp, history = register_neural_ode(levels, integrator=s["integrator"], time_steps=s["time_steps"],
