@@ -19,7 +19,7 @@ from disa.train.crops import VolumeAtlas, sample_crop_pairs
 from disa.train.curve import CurveSet, descriptors_at_outputs, write_curve
 from disa.train.loop import TrainConfig, distill_weight, learning_rate, random_shifts, step_loss
 from disa.features.mind_oracle import MINDOracle
-from disa.train.sources import RenderedPair, crop_centres
+from disa.train.sources import RenderedPair, crop_centres, pair_kind
 from disa.train.targets import dense_targets, lc2_target
 
 torch.set_num_threads(1)
@@ -118,6 +118,8 @@ def test_curve_reports_each_kind_of_pair():
     flat = RenderedPair(flat.a, np.zeros_like(flat.b), flat.centres_a, flat.centres_b, True, 1.0, "curve-us-self-X")
     curve = CurveSet([rendered(23), flat], n_pairs=8, seed=3, crop=48)
     assert set(curve.kinds) == {"synthetic", "us-self"}
+    assert [pair_kind(n) for n in ("us-self-Case1-7@1.5", "us-Case1-mni-t1-7@1", "curve-syn-mni-us-t1-880002",
+                                   "curve-us-self-Case26")] == ["us-self", "us-template", "synthetic", "us-self"]
     us = torch.from_numpy(curve.kinds == "us-self")
     assert float(curve.b[us].std(dim=(1, 2, 3, 4)).max()) < 1e-6 < float(curve.b[~us].std(dim=(1, 2, 3, 4)).min())
     out = curve.evaluate(seeded_model(0))

@@ -129,14 +129,13 @@ def register_svf(levels: Sequence[Level], lr: float, smoothness: float, jacobian
                  initial: Optional[torch.Tensor] = None):
     """Stationary velocity field registration over ``levels`` (coarse to fine); the velocity
     lives on a grid ``velocity_grid`` voxels of the finest level apart and starts at zero or,
-    given ``initial`` (a voxel displacement of any working grid), at that displacement. Returns (voxel
-    displacement on the finest grid, (losses, seconds) per level)."""
+    given ``initial`` (a voxel displacement of any working grid), at that displacement. Returns
+    (voxel displacement on the finest grid, (losses, seconds) per level)."""
     device = levels[-1][0][0][1].fixed.device
     small = coarse_shape(levels[-1][1], velocity_grid)
-    velocity = torch.zeros(1, 3, *small, device=device)
-    if initial is not None:  # exp(v) = u to first order: the displacement is the velocity's start
-        velocity = resize_field(initial.detach().float(), small)
-    velocity.requires_grad_(True)
+    # exp(v) = u to first order: a given displacement is the velocity's start
+    velocity = (torch.zeros(1, 3, *small, device=device) if initial is None
+                else resize_field(initial.detach().float(), small)).requires_grad_(True)
 
     def displacement(shape):
         # exponentiated on the velocity's own grid (as the neural-ODE flow is integrated), then

@@ -17,7 +17,7 @@ class Adam:
     """``zero_grad()`` / ``step()`` over tensors that require gradients."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
-        self.params = [p for p in params]
+        self.params = list(params)
         if not self.params or not all(p.requires_grad for p in self.params):
             raise ValueError("Adam needs at least one tensor, each requiring gradients")
         self.lr, (self.beta1, self.beta2), self.eps = float(lr), betas, float(eps)

@@ -144,7 +144,8 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
     searches locally. ``oversample``: the moving features live on a grid this many times
     finer than the working spacing (see ``moving_level``; None: ``OVERSAMPLE``, or
     ``DENSE_DEFAULTS.linear_oversample`` for the linear start of a dense registration).
-    ``precision``: of DISA descriptors (float32; bfloat16, or float16 on CUDA, on request). ``weights``: a DISA weights file.
+    ``precision``: of DISA descriptors (float32; bfloat16, or float16 on CUDA, on request).
+    ``weights``: a DISA weights file.
     ``threads``: CPU threads of the run (None: every CPU of the machine); the result depends on
     the count, which this run pins in its own thread (see ``disa.threads``).
     ``cancel``: polled at every evaluation, every global-search batch and between preparation

@@ -31,6 +31,7 @@ import torch
 
 from ..threads import torch_threads
 from .crops import PoolEntry, VolumeAtlas, sample_crop_pairs
+from .sources import KINDS, pair_kind
 from .targets import dense_targets
 
 #: Crop side and the supervised outputs (stride-4 outputs FIRST..last_output(CROP) per axis: 8^3
@@ -48,18 +49,6 @@ LAST = last_output(CROP)
 WEIGHT_CAP, WEIGHT_FLOOR = 2.0, 0.02
 #: Variance below which a B cube counts as flat.
 FLAT_VARIANCE = 1e-3
-
-
-#: Kinds of held-out volume pairs the curve reports separately (see :mod:`.sources`).
-PAIR_KINDS = ("synthetic", "us-self", "us-template")
-
-
-def pair_kind(name: str) -> str:
-    """The kind of a volume pair from its name (``curve-us-self-Case26``: us-self, ...)."""
-    for kind in PAIR_KINDS[1:]:
-        if kind in name:
-            return kind
-    return "synthetic"
 
 
 def output_weights(var_b: torch.Tensor) -> torch.Tensor:
@@ -135,7 +124,7 @@ class CurveSet:
         out.update(pred_mean=float(pred.mean()), norm_median=float(norm.median()),
                    norm_saturated=float((norm > 0.99).float().mean()),
                    flat_norm=float(flat.median()) if flat.numel() else float("nan"))
-        for kind in PAIR_KINDS:
+        for kind in KINDS:
             sel = torch.from_numpy(self.kinds == kind).to(self.device)
             if int(sel.sum()) < 2:
                 continue
@@ -191,8 +180,9 @@ def plot_curve(report: dict, path_png: str) -> None:
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     for key, style in (("r2", "-o"), ("wr2", "-s"), ("corr", "-^")):
         ax.plot(steps, [h[key] for h in hist], style, ms=3, label=key)
-    for kind in PAIR_KINDS:  # per kind where recorded (curves written before these keys have gaps)
-        points = [(h["step"], h[f"r2_{kind.replace('-', '_')}"]) for h in hist if f"r2_{kind.replace('-', '_')}" in h]
+    for kind in KINDS:  # per kind where recorded (curves written before these keys have gaps)
+        key = f"r2_{kind.replace('-', '_')}"
+        points = [(h["step"], h[key]) for h in hist if key in h]
         if points:
             ax.plot(*zip(*points), ":", lw=1, label=f"r2 {kind}")
     base = report.get("baselines", {})
@@ -218,5 +208,5 @@ def plot_curve(report: dict, path_png: str) -> None:
     os.replace(tmp, path_png)
 
 
-__all__ = ["CurveSet", "PAIR_KINDS", "pair_kind", "write_curve", "plot_curve", "fit_metrics", "affine_fit", "descriptors_at_outputs",
+__all__ = ["CurveSet", "write_curve", "plot_curve", "fit_metrics", "affine_fit", "descriptors_at_outputs",
            "output_weights", "last_output", "CROP", "FIRST", "LAST"]

@@ -46,6 +46,13 @@ DEFAULT_SCALES = ((1.0, 0.5), (1.5, 0.25), (2.0, 0.25))
 CENTRES, ANYWHERE = 4096, 0.15
 
 
+def pair_kind(name: str) -> str:
+    """The kind (``KINDS``) of a rendered pair from its name: ``[curve-]us-self-...`` is us-self,
+    ``[curve-]us-...`` (a real ultrasound against a template) us-template, anything else synthetic."""
+    base = name[len("curve-"):] if name.startswith("curve-") else name
+    return "us-self" if base.startswith("us-self-") else "us-template" if base.startswith("us-") else "synthetic"
+
+
 @dataclass
 class RenderedPair:
     """Normalized volumes A and B (float32, (Z, Y, X)), crop centres (K, 3) voxel (z, y, x) of
@@ -167,5 +174,5 @@ def curve_pair(data_dir: str, i: int, seed: int = 4242) -> RenderedPair:
                             crop_centres(pair.b, pair.mask_b, rng), bool(pair.same_grid), 1.0, name)
 
 
-__all__ = ["RenderedPair", "render_pair", "curve_pairs", "curve_pair", "crop_centres", "self_pair", "band_limit",
+__all__ = ["RenderedPair", "pair_kind", "render_pair", "curve_pairs", "curve_pair", "crop_centres", "self_pair", "band_limit",
            "training_us_files", "CURVE_US", "KINDS", "DEFAULT_MIX", "DEFAULT_SCALES"]
