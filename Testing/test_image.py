@@ -103,3 +103,33 @@ def test_unusable_volumes_give_clear_errors(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(8, 8, 8, 3).astype(np.float32), isVector=True), str(vec_path))
     with pytest.raises(InputError, match="components"):
         load_image(vec_path)
+
+
+@pytest.mark.parametrize("depth", [64, 61])  # whole slabs, and a grid padded to whole slabs
+def test_threaded_grid_sample_gives_torch_values_and_gradients(depth):
+    """disa.spatial.sampling.grid_sample cuts a batch of one into slabs for the CPU's threads:
+    values and grid gradients equal torch's single call bit for bit, the source's gradient up to
+    rounding, and a result does not depend on the thread count."""
+    import torch.nn.functional as F
+
+    from disa.spatial.sampling import SLABS, grid_sample
+    from disa.threads import torch_threads
+
+    g = torch.Generator().manual_seed(3)
+    source = torch.randn(1, 4, 20, 24, 28, generator=g)
+    grid = torch.rand(1, depth, 18, 22, 3, generator=g) * 2.4 - 1.2  # some points outside
+    assert grid[0, ..., 0].numel() >= 16384 and depth >= SLABS
+
+    def run(sampler, threads):
+        src, grd = source.clone().requires_grad_(True), grid.clone().requires_grad_(True)
+        with torch_threads(threads):
+            out = sampler(src, grd, mode="bilinear", padding_mode="zeros", align_corners=True)
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return out.detach(), grd.grad, src.grad
+
+    ref = run(F.grid_sample, 1)
+    two, one = run(grid_sample, 2), run(grid_sample, 1)
+    assert two[0].shape == ref[0].shape == (1, 4, depth, 18, 22)
+    assert torch.equal(two[0], ref[0]) and torch.equal(two[1], ref[1])
+    assert torch.allclose(two[2], ref[2], atol=1e-5) and not torch.equal(two[2], torch.zeros_like(two[2]))
+    assert all(torch.equal(a, b) for a, b in zip(one, two))

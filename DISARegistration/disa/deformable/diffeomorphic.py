@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..optim import Adam, Monitor
+from ..spatial.sampling import grid_sample
 from .fields import (
     folding_penalty,
     identity_grid,
@@ -48,7 +49,7 @@ def integrate(velocity: torch.Tensor, steps: int, integrator: str) -> torch.Tens
 
     def v_at(disp: torch.Tensor) -> torch.Tensor:
         grid = base + disp.permute(0, 2, 3, 4, 1) * scale
-        return nn.functional.grid_sample(velocity, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return grid_sample(velocity, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
     h = 1.0 / steps
     disp = torch.zeros_like(velocity)

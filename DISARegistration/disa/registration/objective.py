@@ -18,6 +18,7 @@ from ..similarity.base import Prepared
 from ..spatial import Image
 from ..spatial.bspline import sample_cubic
 from ..spatial.image import _index_to_normalized, normalized_to_world, sample, world_to_normalized
+from ..spatial.sampling import grid_sample
 from ..transforms.linear import LinearModel
 
 
@@ -97,8 +98,7 @@ class Objective:
             if self.prepared.interpolation == "cubic":
                 warped = sample_cubic(src, grid)
             else:
-                warped = F.grid_sample(src[None].expand(grid.shape[0], *src.shape), grid.to(src.dtype),
-                                       padding_mode="zeros", align_corners=True)
+                warped = grid_sample(src[None].expand(grid.shape[0], *src.shape), grid, padding_mode="zeros", align_corners=True)
             valid = None
         self.n_evals += grid.shape[0]
         return self.prepared.evaluate(warped, valid)

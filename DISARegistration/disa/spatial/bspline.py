@@ -20,7 +20,8 @@ offset inside a cell).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from .sampling import grid_sample
 
 
 def _axis_lookups(x: torch.Tensor):
@@ -59,7 +60,7 @@ def sample_cubic(source: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
                 coords.append(torch.stack([hx, hy, hz], dim=-1))
                 weights.append(gx * gy * gz)
     z = grid.shape[1]
-    values = F.grid_sample(src, torch.cat(coords, dim=1), mode="bilinear", padding_mode="zeros",
+    values = grid_sample(src, torch.cat(coords, dim=1), mode="bilinear", padding_mode="zeros",
                            align_corners=True)
     values = values.unflatten(2, (8, z))  # (B, C, 8, Z, Y, X)
     return (values * torch.stack(weights, dim=1)[:, None]).sum(dim=2)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import InputError, existing_file, itk_error_summary
 from . import nifti
+from .sampling import grid_sample
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -331,7 +332,7 @@ def sample(source: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> 
     """
     b = grid.shape[0]
     src = source[None].expand(b, *source.shape) if source.dim() == 4 else source
-    out = F.grid_sample(src, grid.to(src.dtype), mode=mode, padding_mode="zeros", align_corners=True)
+    out = grid_sample(src, grid, mode=mode, padding_mode="zeros", align_corners=True)
     inside = (grid.detach().abs() <= 1.0 + 1e-6).all(dim=-1, keepdim=True)
     return out, inside.permute(0, 4, 1, 2, 3).to(out.dtype)
 

@@ -30,10 +30,10 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..spatial.filters import box_mean, gradient_magnitude
+from ..spatial.sampling import grid_sample
 from .targets import MIN_VARIANCE, RADII, RIDGE, lc2_cubes, lc2_from_moments, lc2_target
 
 #: Side of a training patch (voxels); the network's centre output sits on its centre voxel.
@@ -194,7 +194,7 @@ def extract_patches(volume: torch.Tensor, centres: torch.Tensor, rotations: np.n
     zs, ys, xs = volume.shape
     scale = torch.tensor([2.0 / max(xs - 1, 1), 2.0 / max(ys - 1, 1), 2.0 / max(zs - 1, 1)], dtype=torch.float64)
     grid = (pts * scale - 1.0).reshape(1, n * size, size, size, 3).float()
-    out = F.grid_sample(volume[None, None].float(), grid, mode="bilinear", padding_mode="border",
+    out = grid_sample(volume[None, None].float(), grid, mode="bilinear", padding_mode="border",
                         align_corners=True)
     return out.reshape(n, size, size, size)
 
