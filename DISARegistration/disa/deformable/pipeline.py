@@ -187,9 +187,11 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
                 disp, history = register_svf(levels, squaring_steps=D.squaring_steps, initial=discrete, **common)
                 extra["squaring_steps"] = D.squaring_steps
             else:
+                common["velocity_grid"] = D.ode_velocity_grid
                 disp, history = register_neural_ode(levels, integrator=s["integrator"], time_steps=s["time_steps"],
                                                     seed=s["seed"], **common)
                 extra.update(integrator=s["integrator"], time_steps=s["time_steps"])
+            extra["velocity_grid_voxels"] = common["velocity_grid"]
         extra["level_iterations"] = [len(h) for h, _ in history]
         extra["level_seconds"] = [round(t, 3) for _, t in history]
         finals = [-h[-1] if h else 0.0 for h, _ in history]
