@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..similarity.base import Prepared
 from ..spatial import Image
 from ..spatial.bspline import sample_cubic
-from ..spatial.image import _index_to_normalized, normalized_to_world, sample, world_to_normalized
+from ..spatial.image import index_to_normalized, normalized_to_world, sample, world_to_normalized
 from ..spatial.sampling import grid_sample
 from ..transforms.linear import LinearModel
 
@@ -43,7 +43,7 @@ class Objective:
         if prepared.points is not None:
             idx = torch.as_tensor(prepared.points, dtype=torch.float64, device=self.device)
             ones = torch.ones(len(idx), 1, dtype=torch.float64, device=self.device)
-            to_normalized = torch.as_tensor(_index_to_normalized(self.fixed.size), dtype=torch.float64,
+            to_normalized = torch.as_tensor(index_to_normalized(self.fixed.size), dtype=torch.float64,
                                             device=self.device)
             self.points = (torch.cat([idx, ones], dim=1) @ to_normalized.T).to(torch.float32)
             # Points are cheap: chunk by a budget of warped points rather than of poses.

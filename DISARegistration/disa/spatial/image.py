@@ -291,7 +291,7 @@ def normalize_intensity(image: Image, mask: Optional[torch.Tensor] = None) -> Im
 
 
 # sampling ---------------------------------------------------------------------------------------
-def _index_to_normalized(size_xyz) -> np.ndarray:
+def index_to_normalized(size_xyz) -> np.ndarray:
     """4x4 from voxel index (x, y, z) to grid_sample's normalized coordinates."""
     size = np.asarray(size_xyz, dtype=np.float64)
     half = np.maximum(size - 1.0, 1e-9) / 2.0
@@ -316,12 +316,12 @@ def sampling_theta(target: Image, source: Image, matrix: torch.Tensor) -> torch.
 
 def world_to_normalized(image: Image) -> np.ndarray:
     """4x4 from LPS to ``image``'s grid_sample coordinates (align_corners=True)."""
-    return _index_to_normalized(image.size) @ image.world_to_index()
+    return index_to_normalized(image.size) @ image.world_to_index()
 
 
 def normalized_to_world(image: Image) -> np.ndarray:
     """4x4 from ``image``'s grid_sample coordinates to LPS."""
-    return image.index_to_world() @ np.linalg.inv(_index_to_normalized(image.size))
+    return image.index_to_world() @ np.linalg.inv(index_to_normalized(image.size))
 
 
 def sample(source: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> Tuple[torch.Tensor, torch.Tensor]:
