@@ -35,13 +35,29 @@ def unrelated_ssd(fixed: torch.Tensor, moving: torch.Tensor, fixed_mask=None) ->
 
 
 class PreparedMIND(Prepared):
+    """Fixed MIND-SSC descriptors (C, Z, Y, X) on the fixed mask's bounding box.
+
+    With a fixed mask, only the voxels inside it are warped (``points``): the SSD is a mean over
+    independent voxels, so the value is the same, and an ultrasound fan fills about 37% of its
+    box (Case 24). ``fixed_mask`` is then None (every point is in the mask). A combined measure
+    warps the whole box instead (it leaves ``points`` unused); ``evaluate`` takes either layout.
+    """
+
     def __init__(self, fixed, moving, fixed_mask, fixed_grid=None):
         super().__init__(moving, fixed_mask, fixed_grid=fixed_grid)
         self.fixed = fixed
         self.unrelated = unrelated_ssd(fixed, moving, fixed_mask)
+        self.box_mask = fixed_mask
+        if fixed_mask is not None:
+            zyx = torch.nonzero(fixed_mask[0] > 0.5)
+            self.points = zyx.flip(1)  # (N, 3) voxel indices (x, y, z)
+            self.fixed_points = fixed[:, zyx[:, 0], zyx[:, 1], zyx[:, 2]][:, None, None]  # (C, 1, 1, N)
+            self.fixed_mask = None
 
     def evaluate(self, warped, valid):
-        return descriptor_ssd(self.fixed, warped, valid, self.fixed_mask, self.unrelated)
+        if warped.shape[-3:] == self.fixed.shape[-3:]:  # the whole box
+            return descriptor_ssd(self.fixed, warped, valid, self.box_mask, self.unrelated)
+        return descriptor_ssd(self.fixed_points, warped, valid, None, self.unrelated)
 
 
 class MIND(Similarity):
