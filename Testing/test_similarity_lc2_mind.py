@@ -232,6 +232,29 @@ def test_mind_warps_only_the_fixed_mask_with_the_same_values(case24_levels):
     assert torch.allclose(both, 0.5 * values[0].detach() + 0.5 * alone, atol=1e-4)  # float32 sums
 
 
+@pytest.mark.parametrize("metric", ["mse", "ncc"])
+def test_pointwise_measures_warp_only_the_voxels_they_read(case24_levels, metric):
+    """MSE and NCC read each fixed voxel alone, inside the fixed mask: the objective warps only
+    those (``Prepared.read_index``) and scores as if it had warped the whole grid: the same
+    similarity, gradient and overlap."""
+    f, mv = case24_levels
+    fl, ml = resample_to_spacing(f, 2.0), moving_level(mv, 2.0)
+    sparse = make_similarity(metric).at_scale(0.5).prepare(fl, ml)
+    whole = copy.copy(sparse)
+    whole.read_index = None
+    model = make_model("rigid", f.center())
+    objectives = [Objective(p, fl, ml, model) for p in (sparse, whole)]
+    assert objectives[0].points is not None and objectives[1].points is None
+    assert len(objectives[0].points) < 0.6 * fl.data[0].numel()
+    params = torch.tensor(np.random.default_rng(1).normal(0, 2, (4, 6)), requires_grad=True)
+    values = [o.similarity(params) for o in objectives]
+    grads = [torch.autograd.grad(v.sum(), params)[0] for v in values]
+    assert torch.allclose(values[0], values[1], atol=1e-5) and values[0].std() > 1e-3
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6) and grads[0].abs().max() > 1e-5
+    pose = params[1].detach().numpy()
+    assert objectives[0].overlap(pose) == pytest.approx(objectives[1].overlap(pose))
+
+
 @pytest.mark.parametrize("metric", ["lc2", "mind"])
 def test_no_false_optimum_where_grids_coincide(case24_levels, metric):
     """Case 24's MR and US share one grid: the identity pose must not stand out from sub-voxel

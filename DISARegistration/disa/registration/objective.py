@@ -3,8 +3,10 @@
 Batched: ``similarity(params)`` takes (B, n) parameter vectors and returns (B,) similarities,
 so local optimizers (B = 1, with gradients) and global search (B = hundreds, chunked) share it.
 Dense displacement fields plug in through ``similarity_of_grid``. A prepared measure that lists
-its informative ``points`` (DISA) is warped at those points only, so an evaluation costs little
-more than its few hundred dot products.
+its informative ``points`` (DISA, MIND-SSC with a fixed mask) is warped at those points only,
+so an evaluation costs little more than its few hundred dot products; one that lists the voxels
+it reads (``read_index``: MSE and NCC with a fixed mask) is warped there and handed the whole
+grid, zero elsewhere.
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ from ..spatial.bspline import sample_cubic
 from ..spatial.image import index_to_normalized, normalized_to_world, sample, world_to_normalized
 from ..spatial.sampling import grid_sample
 from ..transforms.linear import LinearModel
+
+
+#: A measure's ``read_index`` is used when it lists fewer than this share of the fixed voxels.
+SPARSE_SHARE = 0.8
 
 
 class Objective:
@@ -40,8 +46,16 @@ class Objective:
         self._to_moving = torch.as_tensor(world_to_normalized(self.moving), dtype=torch.float64, device=self.device)
         self._from_fixed = torch.as_tensor(normalized_to_world(self.fixed), dtype=torch.float64, device=self.device)
         self.points = None  # (N, 4) homogeneous fixed-grid normalized coordinates of the prepared points
-        if prepared.points is not None:
-            idx = torch.as_tensor(prepared.points, dtype=torch.float64, device=self.device)
+        self._scatter = None  # (flat indices, (Z, Y, X)): only the voxels evaluate reads are warped
+        points = prepared.points
+        read = prepared.read_index
+        if points is None and read is not None and read.numel() < SPARSE_SHARE * self.fixed.data[0].numel():
+            shape = tuple(int(n) for n in self.fixed.shape)
+            read = read.to(self.device)
+            zyx = torch.stack([read // (shape[1] * shape[2]), (read // shape[2]) % shape[1], read % shape[2]], 1)
+            points, self._scatter = zyx.flip(1), (read, shape)
+        if points is not None:
+            idx = torch.as_tensor(points, dtype=torch.float64, device=self.device)
             ones = torch.ones(len(idx), 1, dtype=torch.float64, device=self.device)
             to_normalized = torch.as_tensor(index_to_normalized(self.fixed.size), dtype=torch.float64,
                                             device=self.device)
@@ -87,7 +101,15 @@ class Objective:
         if self.moving_mask is not None:
             inside, _ = sample(self.moving_mask, grid.detach())
             valid = valid * (inside > 0.5).to(valid.dtype)
+        if self._scatter is not None and grid.shape[1:4] == (1, 1, len(self._scatter[0])):
+            warped, valid = self._on_fixed_grid(warped), self._on_fixed_grid(valid)
         return warped, valid
+
+    def _on_fixed_grid(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, C, 1, 1, N) values at the read voxels -> (B, C, Z, Y, X), zero elsewhere."""
+        index, shape = self._scatter
+        full = values.new_zeros(values.shape[0], values.shape[1], shape[0] * shape[1] * shape[2])
+        return full.index_copy(2, index, values.flatten(2)).view(*values.shape[:2], *shape)
 
     def similarity_of_grid(self, grid: torch.Tensor) -> torch.Tensor:
         """Similarity (B,) for arbitrary sampling grids, e.g. affine grid + dense displacement."""

@@ -39,6 +39,11 @@ class Prepared:
     """
 
     points: Optional[torch.Tensor] = None
+    #: Flat indices into the fixed grid's voxels (z, y, x order) of every voxel ``evaluate`` reads,
+    #: for a measure that scores each voxel alone and ignores the others (outside its fixed mask,
+    #: or not among its samples): the objective may then warp only these and hand ``evaluate``
+    #: zeros with validity 0 elsewhere. None: all voxels (or ``points``).
+    read_index: Optional[torch.Tensor] = None
     needs_valid: bool = True
     #: How measures without a validity mask sample the moving features: "linear" (trilinear) or
     #: "cubic" (cubic B-spline, the same blur at every sub-voxel offset; ``spatial.bspline``).
@@ -89,3 +94,8 @@ class Similarity:
 
 def fixed_mask_of(image: Image) -> Optional[torch.Tensor]:
     return None if image.mask is None else image.mask.float()
+
+
+def mask_index(fixed_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Flat indices of the voxels in a (1, Z, Y, X) fixed mask (``Prepared.read_index``)."""
+    return None if fixed_mask is None else torch.nonzero(fixed_mask.flatten() > 0.5).flatten()

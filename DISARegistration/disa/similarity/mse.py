@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 
 from ..spatial import Image
-from .base import Prepared, Similarity, fixed_mask_of
+from .base import Prepared, Similarity, fixed_mask_of, mask_index
 from .ncc import as_float, check_channels, mask_total
 
 
@@ -52,6 +52,7 @@ class PreparedMSE(Prepared):
         self.fixed = fixed[None]
         self.unrelated = unrelated
         self.total = mask_total(fixed_mask, fixed.shape[1:])
+        self.read_index = mask_index(fixed_mask)
 
     def evaluate(self, warped, valid):
         return mse(self.fixed, warped, self.region(valid), self.total, self.unrelated)

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import InputError
 from ..spatial import Image
-from .base import Prepared, Similarity, fixed_mask_of
+from .base import Prepared, Similarity, fixed_mask_of, mask_index
 from ..spatial.filters import box_mean
 
 
@@ -74,6 +74,7 @@ class PreparedNCC(Prepared):
     def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, fixed_mask):
         super().__init__(moving, fixed_mask)
         self.fixed = fixed[None]
+        self.read_index = mask_index(fixed_mask)
 
     def evaluate(self, warped, valid):
         return ncc(self.fixed, warped, self.region(valid))
