@@ -205,6 +205,24 @@ def test_leaving_the_field_of_view_never_pays(case24_levels, metric):
     assert_leaving_view_never_pays(obj)
 
 
+def scores_of_sparse_and_whole(sparse, whole, levels, model, seed):
+    """Similarities of 4 random poses, by the objectives of a measure that warps only some
+    points and of the same measure warping the whole grid: equal values, gradients and overlap
+    are asserted; returns the sparse objective and its values."""
+    fl, ml = levels
+    params = torch.tensor(np.random.default_rng(seed).normal(0, 2, (4, 6)), requires_grad=True)
+    objectives = [Objective(p, fl, ml, model) for p in (sparse, whole)]
+    assert objectives[0].points is not None and objectives[1].points is None
+    assert len(objectives[0].points) < 0.6 * fl.data[0].numel()
+    values = [o.similarity(params) for o in objectives]
+    grads = [torch.autograd.grad(v.sum(), params)[0] for v in values]
+    assert torch.allclose(values[0], values[1], atol=1e-5) and values[0].std() > 1e-3
+    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6) and grads[0].abs().max() > 1e-5
+    pose = params[1].detach().numpy()
+    assert objectives[0].overlap(pose) == pytest.approx(objectives[1].overlap(pose))
+    return params.detach(), values[0].detach()
+
+
 def test_mind_warps_only_the_fixed_mask_with_the_same_values(case24_levels):
     """MIND-SSC on a masked fixed image warps only the voxels in the mask (``Prepared.points``):
     its similarity, gradient and overlap equal those of the whole bounding box with the mask; a
@@ -212,24 +230,16 @@ def test_mind_warps_only_the_fixed_mask_with_the_same_values(case24_levels):
     f, mv = case24_levels
     fl, ml = resample_to_spacing(f, 2.0), moving_level(mv, 2.0)
     sparse = make_similarity("mind").at_scale(0.5).prepare(fl, ml)
-    assert sparse.points is not None and 0 < len(sparse.points) < 0.6 * sparse.fixed[0].numel()
     whole = copy.copy(sparse)
     whole.points, whole.fixed_mask = None, sparse.box_mask
     model = make_model("rigid", f.center())
-    params = torch.tensor(np.random.default_rng(0).normal(0, 2, (4, 6)), requires_grad=True)
-    objectives = [Objective(p, fl, ml, model) for p in (sparse, whole)]
-    values = [o.similarity(params) for o in objectives]
-    grads = [torch.autograd.grad(v.sum(), params)[0] for v in values]
-    assert torch.allclose(values[0], values[1], atol=1e-6) and values[0].std() > 1e-3
-    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6) and grads[0].abs().max() > 1e-4
-    pose = params[1].detach().numpy()
-    assert objectives[0].overlap(pose) == pytest.approx(objectives[1].overlap(pose))
+    params, values = scores_of_sparse_and_whole(sparse, whole, (fl, ml), model, 0)
     combined = make_similarity("0.5*mind+0.5*ncc").at_scale(0.5).prepare(fl, ml)
     ncc = make_similarity("ncc").at_scale(0.5).prepare(fl, ml)
     with torch.no_grad():
         both = Objective(combined, fl, ml, model).similarity(params)
         alone = Objective(ncc, fl, ml, model).similarity(params)
-    assert torch.allclose(both, 0.5 * values[0].detach() + 0.5 * alone, atol=1e-4)  # float32 sums
+    assert torch.allclose(both, 0.5 * values + 0.5 * alone, atol=1e-4)  # float32 sums
 
 
 @pytest.mark.parametrize("metric", ["mse", "ncc"])
@@ -242,17 +252,7 @@ def test_pointwise_measures_warp_only_the_voxels_they_read(case24_levels, metric
     sparse = make_similarity(metric).at_scale(0.5).prepare(fl, ml)
     whole = copy.copy(sparse)
     whole.read_index = None
-    model = make_model("rigid", f.center())
-    objectives = [Objective(p, fl, ml, model) for p in (sparse, whole)]
-    assert objectives[0].points is not None and objectives[1].points is None
-    assert len(objectives[0].points) < 0.6 * fl.data[0].numel()
-    params = torch.tensor(np.random.default_rng(1).normal(0, 2, (4, 6)), requires_grad=True)
-    values = [o.similarity(params) for o in objectives]
-    grads = [torch.autograd.grad(v.sum(), params)[0] for v in values]
-    assert torch.allclose(values[0], values[1], atol=1e-5) and values[0].std() > 1e-3
-    assert torch.allclose(grads[0], grads[1], rtol=1e-3, atol=1e-6) and grads[0].abs().max() > 1e-5
-    pose = params[1].detach().numpy()
-    assert objectives[0].overlap(pose) == pytest.approx(objectives[1].overlap(pose))
+    scores_of_sparse_and_whole(sparse, whole, (fl, ml), make_model("rigid", f.center()), 1)
 
 
 @pytest.mark.parametrize("metric", ["lc2", "mind"])
