@@ -41,6 +41,8 @@ class PreparedMIND(Prepared):
     independent voxels, so the value is the same, and an ultrasound fan fills about 37% of its
     box (Case 24). ``fixed_mask`` is then None (every point is in the mask). A combined measure
     warps the whole box instead (it leaves ``points`` unused); ``evaluate`` takes either layout.
+    Not ``read_index``, which puts the warped values back on the whole box: with 12 channels that
+    took Case 24's registration 10.3 s instead of 7.6 s.
     """
 
     def __init__(self, fixed, moving, fixed_mask, fixed_grid=None):

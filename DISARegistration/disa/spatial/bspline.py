@@ -61,6 +61,6 @@ def sample_cubic(source: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
                 weights.append(gx * gy * gz)
     z = grid.shape[1]
     values = grid_sample(src, torch.cat(coords, dim=1), mode="bilinear", padding_mode="zeros",
-                           align_corners=True)
+                         align_corners=True)
     values = values.unflatten(2, (8, z))  # (B, C, 8, Z, Y, X)
     return (values * torch.stack(weights, dim=1)[:, None]).sum(dim=2)

@@ -25,8 +25,8 @@ def grid_sample(source: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear"
     (N, Z, Y, X, 3), the grid cast to the source's dtype."""
     grid = grid.to(source.dtype)
     points = grid[0, ..., 0].numel()
-    slabs = min(torch.get_num_threads(), points // MIN_SLAB)  # one slab per thread: more would only
-    # add copies of a source's gradient to zero and sum
+    # one slab per thread: more would only add copies of a source's gradient to zero and sum
+    slabs = min(torch.get_num_threads(), points // MIN_SLAB)
     if source.device.type != "cpu" or grid.dim() != 5 or grid.shape[0] != 1 or source.shape[0] != 1 or slabs < 2:
         return F.grid_sample(source, grid, mode=mode, padding_mode=padding_mode, align_corners=align_corners)
     per = -(-points // slabs)

@@ -65,8 +65,7 @@ class VolumeAtlas:
         full = torch.tensor(self.data.shape[2:], dtype=torch.float32, device=dev)
         pts = torch.stack([pts[..., 0] + z0, pts[..., 1], pts[..., 2]], -1)
         grid = (2.0 * pts / (full - 1.0) - 1.0).flip(-1).reshape(1, n * size, size, size, 3)
-        out = grid_sample(self.data, grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=True)
+        out = grid_sample(self.data, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         return (out.reshape(n, 1, -1) * inside[:, None].to(out.dtype)).reshape(n, 1, size, size, size)
 
 

@@ -195,7 +195,7 @@ def extract_patches(volume: torch.Tensor, centres: torch.Tensor, rotations: np.n
     scale = torch.tensor([2.0 / max(xs - 1, 1), 2.0 / max(ys - 1, 1), 2.0 / max(zs - 1, 1)], dtype=torch.float64)
     grid = (pts * scale - 1.0).reshape(1, n * size, size, size, 3).float()
     out = grid_sample(volume[None, None].float(), grid, mode="bilinear", padding_mode="border",
-                        align_corners=True)
+                      align_corners=True)
     return out.reshape(n, size, size, size)
 
 
