@@ -98,7 +98,8 @@ def test_train_resume_and_select_end_to_end(tmp_path):
     assert main(common + ["--steps", "6", "--resume", "--init", str(DEFAULT_WEIGHTS)]) == 2  # --init: new runs only
     # the resumed run keeps its own learning rate (not the command line's default) and records the
     # change; the data mix given again unchanged (0.7+0.15+0.15) is no change
-    assert main(common + ["--steps", "6", "--resume", "--mix", "0.7", "0.15", "0.15"]) == 0
+    # (the memory layout is the machine's: no change of the recipe)
+    assert main(common + ["--steps", "6", "--resume", "--mix", "0.7", "0.15", "0.15", "--no-channels-last"]) == 0
     curve = json.loads((run / "curve.json").read_text())
     assert [h["step"] for h in curve["history"]] == [0, 2, 4, 6]
     assert curve["config"]["lr"] == 5e-4 and curve["history"][-1]["lr"] <= 5e-4
@@ -157,7 +158,7 @@ def test_descriptors_at_the_fixed_image_faces_carry_no_weight():
 def test_packed_sources_render_the_same_pairs_without_simpleitk(tmp_path):
     """``disa train --pack-sources`` writes NumPy archives from which the trainer renders the same
     volume pairs (synthetic, ultrasound-self and ultrasound-template kinds, curve pairs), in a
-    process where SimpleITK cannot be imported at all."""
+    process where SimpleITK cannot be imported at all (where a file is missing there, the error says so)."""
     import subprocess
     import sys
 
@@ -174,8 +175,15 @@ from disa.train.sources import curve_pair, render_pair, training_us_files
 us = training_us_files({str(packed)!r})
 pairs = [render_pair({str(packed)!r}, 3, i, us) for i in (0, 2, 5)] + [curve_pair({str(packed)!r}, 3)]
 pickle.dump([(p.name, p.a, p.b, p.centres_a, p.centres_b) for p in pairs], open({str(tmp_path / "p.pkl")!r}, "wb"))
+from disa.errors import InputError
+from disa.train.synth import load_template
+try:
+    load_template({str(tmp_path / "elsewhere")!r}, "icbm152")
+except InputError as exc:
+    print(exc)
 """
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path))
+    run = subprocess.run([sys.executable, "-c", script], check=True, cwd=str(tmp_path), capture_output=True, text=True)
+    assert run.stdout.startswith("training data file not found:"), run.stdout + run.stderr
     import pickle
 
     got = pickle.load(open(tmp_path / "p.pkl", "rb"))

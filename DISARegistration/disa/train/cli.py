@@ -69,6 +69,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--curve-crops", type=int, help="held-out crop pairs of the learning curve (default 48)")
     d.add_argument("--precision", choices=["auto", "float32", "bfloat16"],
                    help="network precision in training (auto: bfloat16 autocast on CUDA, float32 on the CPU)")
+    d.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="network memory layout channels-last in training (default: on the CPU only)")
     d.add_argument("--init", default=None, metavar="FILE", help="start from these DISA weights (.pt with model card)")
     s = p.add_argument_group("checkpoint selection (--select)")
     s.add_argument("--select", action="store_true",
@@ -131,7 +133,8 @@ def run_from_args(args) -> int:
              "weighting": args.weighting, "aligned_fraction": args.aligned_fraction, "max_offset": args.max_offset,
              "mix": args.mix, "pool_size": args.pool_size, "refresh_every": args.refresh_every, "render_workers": args.render_workers,
              "eval_every": args.eval_every, "curve_pairs": args.curve_pairs, "curve_crops": args.curve_crops,
-             "seed": args.seed, "precision": args.precision, "threads": args.threads,
+             "seed": args.seed, "precision": args.precision, "channels_last": args.channels_last,
+             "threads": args.threads,
              "time_limit_s": args.time_limit, "init": args.init}
     config = run_config(args.source_dir, args.output_dir, given, args.device, args.resume, progress=say)
     report = train(config, progress=say)

@@ -78,6 +78,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    # Network memory layout in training (None: channels-last on the CPU, where it is 2x faster).
+    channels_last: Optional[bool] = None
     threads: Optional[int] = None
     time_limit_s: Optional[float] = None
     resume: bool = False
@@ -325,8 +327,10 @@ def _train(config: TrainConfig, progress) -> dict:
         from ..features.weights import load_weights
         model.load_state_dict(load_weights(config.init)[0].state_dict())
     model.to(device).train()
-    if device.type == "cpu":
+    if config.channels_last if config.channels_last is not None else device.type == "cpu":
         model.to(memory_format=torch.channels_last_3d)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # crops have one shape: the fastest kernels are found once
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: List[dict] = []
     step0, rendered = 0, 0

@@ -115,10 +115,10 @@ class Template:
 def _read(path: str) -> np.ndarray:
     if not os.path.exists(path) and os.path.exists(packed_path(path)):  # disa train --pack-sources
         return read_packed_volume(packed_path(path)).astype(np.float32)
+    if not os.path.exists(path):  # before the import: a packed folder's machine has no SimpleITK
+        raise InputError(f"training data file not found: {path}")
     import SimpleITK as sitk
 
-    if not os.path.exists(path):
-        raise InputError(f"training data file not found: {path}")
     return sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(np.float32)
 
 
