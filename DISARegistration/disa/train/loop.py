@@ -78,8 +78,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
-    # Network memory layout in training (None: channels-last on the CPU, where it is 2x faster).
-    channels_last: Optional[bool] = None
+    # Channels-last network layout in training: a whole step 2x faster on the CPU, 1.8x on an
+    # H200 in bfloat16 (8.0 vs 4.5 steps/s at batch 32) and 1.5x in float32.
+    channels_last: bool = True
     threads: Optional[int] = None
     time_limit_s: Optional[float] = None
     resume: bool = False
@@ -327,7 +328,7 @@ def _train(config: TrainConfig, progress) -> dict:
         from ..features.weights import load_weights
         model.load_state_dict(load_weights(config.init)[0].state_dict())
     model.to(device).train()
-    if config.channels_last if config.channels_last is not None else device.type == "cpu":
+    if config.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # crops have one shape: the fastest kernels are found once
