@@ -279,7 +279,7 @@ def step_loss(model, oracle, xa, xb, config: TrainConfig, step: int, device: tor
             var_b = v if var_b is None else var_b
         weight = output_weights(var_b) if config.weighting == "variance" else torch.ones_like(var_b)
     x = torch.cat([xa, xb])
-    if device.type == "cpu":  # oneDNN trains 3-D convolutions about 2x faster in this layout
+    if config.channels_last:  # see TrainConfig.channels_last
         x = x.contiguous(memory_format=torch.channels_last_3d)
     with _autocast(device, config.precision):
         y = model.layers(x)[:, :, FIRST - m:last + m + 1, FIRST - m:last + m + 1, FIRST - m:last + m + 1]
