@@ -135,14 +135,13 @@ def _from_the_truth(index: int, model=None, search: str = "local", spacings=(1.0
 
 def test_jittered_sampling_frees_the_optimum_from_lattice_coincidence():
     """T2-to-T1 held-out pair, whose fixed and moving grids are parallel with the same spacing,
-    registered by the shipped network with the default global search from the truth: with plain
+    registered through the DISA path with the default global search from the truth: with plain
     trilinear sampling of the moving descriptors the search finds the pose where the lattices
     coincide (the identity, 2.6 mm away) scoring above the truth; with the fixed points jittered
-    within their cells it stays at the truth."""
-    from disa.features.weights import load_weights
-
-    network = load_weights(DEFAULT_WEIGHTS)[0]
-    linear, jittered = (_from_the_truth(7, network, "global", None, sampling=s) for s in ("linear", "jittered"))
+    within their cells it stays at the truth. The descriptor is the parameter-free MIND-SSC
+    oracle: the effect belongs to the path (the session-7 weights showed it too; the present ones
+    happen not to, 0.29 mm with plain sampling)."""
+    linear, jittered = (_from_the_truth(7, None, "global", None, sampling=s) for s in ("linear", "jittered"))
     assert linear > 2.0 and jittered < 0.5, (linear, jittered)
 
 
