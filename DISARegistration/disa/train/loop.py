@@ -313,8 +313,12 @@ def train(config: TrainConfig, progress: Callable[[str], None] = print) -> dict:
     from ..threads import torch_threads
 
     config.check()
-    with torch_threads(config.threads):
-        return _train(config, progress)
+    autotune = torch.backends.cudnn.benchmark
+    try:
+        with torch_threads(config.threads):
+            return _train(config, progress)
+    finally:  # _train autotunes cuDNN for its fixed crop shape; the process keeps its own setting
+        torch.backends.cudnn.benchmark = autotune
 
 
 def _train(config: TrainConfig, progress) -> dict:

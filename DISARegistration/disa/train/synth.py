@@ -113,9 +113,9 @@ class Template:
 
 
 def _read(path: str) -> np.ndarray:
-    if not os.path.exists(path) and os.path.exists(packed_path(path)):  # disa train --pack-sources
-        return read_packed_volume(packed_path(path)).astype(np.float32)
-    if not os.path.exists(path):  # before the import: a packed folder's machine has no SimpleITK
+    if not os.path.exists(path):  # checked before the import: a packed folder's machine has no SimpleITK
+        if os.path.exists(packed_path(path)):  # disa train --pack-sources
+            return read_packed_volume(packed_path(path)).astype(np.float32)
         raise InputError(f"training data file not found: {path}")
     import SimpleITK as sitk
 
