@@ -105,6 +105,14 @@ def test_train_resume_and_select_end_to_end(tmp_path):
     assert curve["config"]["lr"] == 5e-4 and curve["history"][-1]["lr"] <= 5e-4
     assert curve["config"]["resumes"] == [{"after_step": 4, "changed": {"steps": [4, 6]}}]
     assert (run / "curve.png").exists() and "mind_oracle_affine" in curve["baselines"]
+    # the rate of supervised outputs: 2 crop pairs of 48^3 per step (the CPU default), 4^3 outputs
+    # each; the reference layout (issue #9) is 32 pairs of 64^3 with 8^3 outputs each
+    from disa.train.loop import REFERENCE_OUTPUTS, TrainConfig, outputs_per_step
+
+    assert REFERENCE_OUTPUTS == 32 * 512 and outputs_per_step(TrainConfig(".", ".", crop=128, batch_pairs=4)) == 4 * 24 ** 3
+    for h in curve["history"][1:]:
+        assert h["outputs_per_s"] == pytest.approx(h["steps_per_s"] * 2 * 4 ** 3, rel=0.02, abs=1)
+        assert h["reference_steps_per_s"] == pytest.approx(h["outputs_per_s"] / REFERENCE_OUTPUTS, rel=0.02, abs=1e-3)
     assert sorted(p.name for p in (run / "snapshots").glob("*.pt")) == [f"step_000000{k}.pt" for k in (2, 4, 6)]
     from disa.train.select import select_checkpoint
 

@@ -248,6 +248,16 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, enabled=False)
 
 
+def outputs_per_step(config: TrainConfig) -> int:
+    """Supervised outputs of one step: ``batch_pairs`` crops of ``crop``^3, (crop/4 - 8)^3 each."""
+    return int(config.batch_pairs) * (last_output(config.crop) - FIRST + 1) ** 3
+
+
+#: Supervised outputs of one step in the reference layout (32 crop pairs of 64^3, 8^3 outputs
+#: each): ``reference_steps_per_s`` in the learning curve is a run's rate of supervised outputs in
+#: those steps, so runs with other crop sizes or batches compare at equal supervision.
+REFERENCE_OUTPUTS = 32 * (last_output(CROP) - FIRST + 1) ** 3
+
 #: Largest shift (outputs, 4 voxels each) between the A and B outputs compared by ``shifts``.
 MAX_SHIFT = 2
 
@@ -385,15 +395,18 @@ def _train(config: TrainConfig, progress) -> dict:
             out_of_time = config.time_limit_s is not None and time.perf_counter() - t_run > config.time_limit_s
             if step % config.eval_every == 0 or step == config.steps or out_of_time:
                 now = time.perf_counter()
+                outputs_per_s = count * outputs_per_step(config) / max(now - t_last, 1e-9)
                 entry = {"step": step, **curve.evaluate(model), "lr": learning_rate(config, step),
                          "train_loss": sums.get("lc2_loss", 0.0) / max(count, 1),
                          **{k: v / max(count, 1) for k, v in sums.items()},
                          "steps_per_s": round(count / max(now - t_last, 1e-9), 3),
+                         "outputs_per_s": round(outputs_per_s), "reference_steps_per_s":
+                             round(outputs_per_s / REFERENCE_OUTPUTS, 3),
                          "seconds": round(seconds0 + now - t_run, 1), "volume_pairs_rendered": len(pool.names) + rendered}
                 history.append(entry)
                 progress(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()
                                   if k in ("step", "r2", "wr2", "corr", "train_loss", "distill_loss", "flat_norm",
-                                           "steps_per_s")))
+                                           "steps_per_s", "reference_steps_per_s")))
                 save_snapshot(config.out_dir, step, model, entry)
                 save_checkpoint(ckpt_path, model, opt, step, history, asdict(config), rendered + len(pool.names),
                                 str(device))
@@ -415,4 +428,4 @@ def _jsonable(config: TrainConfig) -> dict:
     return out
 
 
-__all__ = ["TrainConfig", "RECIPE", "DEVICE_DEFAULTS", "run_config", "train", "learning_rate", "distill_weight", "step_loss", "random_shifts", "Pool"]
+__all__ = ["TrainConfig", "RECIPE", "REFERENCE_OUTPUTS", "outputs_per_step", "DEVICE_DEFAULTS", "run_config", "train", "learning_rate", "distill_weight", "step_loss", "random_shifts", "Pool"]
