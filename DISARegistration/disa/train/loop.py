@@ -395,11 +395,12 @@ def _train(config: TrainConfig, progress) -> dict:
             out_of_time = config.time_limit_s is not None and time.perf_counter() - t_run > config.time_limit_s
             if step % config.eval_every == 0 or step == config.steps or out_of_time:
                 now = time.perf_counter()
-                outputs_per_s = count * outputs_per_step(config) / max(now - t_last, 1e-9)
+                steps_per_s = count / max(now - t_last, 1e-9)
+                outputs_per_s = steps_per_s * outputs_per_step(config)
                 entry = {"step": step, **curve.evaluate(model), "lr": learning_rate(config, step),
                          "train_loss": sums.get("lc2_loss", 0.0) / max(count, 1),
                          **{k: v / max(count, 1) for k, v in sums.items()},
-                         "steps_per_s": round(count / max(now - t_last, 1e-9), 3),
+                         "steps_per_s": round(steps_per_s, 3),
                          "outputs_per_s": round(outputs_per_s), "reference_steps_per_s":
                              round(outputs_per_s / REFERENCE_OUTPUTS, 3),
                          "seconds": round(seconds0 + now - t_run, 1), "volume_pairs_rendered": len(pool.names) + rendered}
