@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from disa.features.mind import mind_ssc, ssc_pairs
+from disa.features.mind import mind_ssc, shared_components, ssc_pairs
 from disa.registration import Objective
 from disa.registration.pipeline import moving_level, prepare_image
 from disa.sample_data import case24
@@ -177,6 +177,29 @@ def test_mind_ssc_matches_loop_reference(source):
         want = ref_mind(img, radius, dilation)
         assert got.shape == (12,) + img.shape
         np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_shared_components_keep_what_tells_alignment():
+    """MIND-SSC of Case 24's MR and of that MR shifted by 1-3 voxels, projected onto 6 shared
+    components: all 12 give the input back; the projection is one basis for both images (swapping
+    them swaps the outputs), its squared differences keep the full ones' size (the scale makes
+    up for the variance left out), and the larger shift still differs more."""
+    mr = torch.as_tensor(_real_patches()[1]).float()
+    full = mind_ssc(mr[None, None], 1, 2)
+    mean_ssd = {}
+    for shift in (1, 3):
+        moved = mind_ssc(torch.roll(mr, shift, dims=2)[None, None], 1, 2)
+        same = shared_components(full, moved, 12)
+        assert same[0] is full and same[1] is moved
+        a, b = shared_components(full, moved, 6)
+        b2, a2 = shared_components(moved, full, 6)
+        assert a.shape == (1, 6) + mr.shape
+        torch.testing.assert_close(a, a2, atol=1e-5, rtol=0)
+        torch.testing.assert_close(b, b2, atol=1e-5, rtol=0)
+        projected, original = float(((a - b) ** 2).mean()), float(((full - moved) ** 2).mean())
+        assert 0.7 * original < projected < 1.3 * original
+        mean_ssd[shift] = projected
+    assert mean_ssd[3] > mean_ssd[1] > 0
 
 
 def test_ssc_pairs_are_the_twelve_octahedron_edges():

@@ -215,6 +215,9 @@ def add_registration_options(p: argparse.ArgumentParser):
     dense.add_argument("--smoothness", type=_checked(_non_negative, "smoothness"), default=None, metavar="W",
                        help="weight of the regularizer on the field's derivatives (default "
                             f"{dd.smoothness:g} deformable, {dd.dense_smoothness:g} diffeomorphic)")
+    dense.add_argument("--mind-components", type=int, choices=range(1, 13), default=None, metavar="K",
+                       help="MIND-SSC's 12 channels projected onto K shared principal components in the dense "
+                            f"stage, 1 to 12 (default {dd.mind_components}; 12 keeps them all)")
     dense.add_argument("--integrator", choices=INTEGRATORS, default=None,
                        help=f"neural-ode: time integrator (default {dd.integrator})")
 
@@ -223,7 +226,8 @@ def add_registration_options(p: argparse.ArgumentParser):
 DENSE_ARGUMENTS = {"linear_transform": "linear_transform", "dense_spacing": "spacing",
                    "grid_spacing": "grid_spacing_mm", "stride": "stride", "search_radius": "search_radius_mm",
                    "iterations": "iterations", "smoothness": "smoothness", "integrator": "integrator",
-                   "dense_levels": "levels", "coarse_iterations": "coarse_iterations"}
+                   "dense_levels": "levels", "coarse_iterations": "coarse_iterations",
+                   "mind_components": "mind_components"}
 
 
 def registration_kwargs(args) -> dict:

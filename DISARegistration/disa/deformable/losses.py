@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..features.mind import mind_ssc
+from ..features.mind import mind_ssc, shared_components
 from ..similarity.mi import mutual_information, robust_range
 from ..similarity.mind import descriptor_ssd
 from ..similarity.mse import mse
@@ -110,8 +110,10 @@ def disa_features(image: Image, descriptor, stride: int) -> torch.Tensor:
 
 def build_term(name: str, fixed: Image, moving: Image, fixed_valid: torch.Tensor, moving_valid: torch.Tensor,
                mind_radius: int = 1, mind_dilation: int = 2, descriptor=None, stride: int = 2,
-               seed: int = 0) -> DenseTerm:
-    """The DenseTerm ``name`` of two (normalized, 1-channel) images on one working grid."""
+               seed: int = 0, mind_components: int = 12) -> DenseTerm:
+    """The DenseTerm ``name`` of two (normalized, 1-channel) images on one working grid;
+    MIND-SSC (of ``mind``, and the discrete step of ``mi`` and ``ngf``) projected onto its
+    ``mind_components`` shared principal components (12: all channels as they are)."""
     if name not in DENSE_METRICS:
         raise InputError(f"similarity {name!r} has no dense form; use one of {', '.join(DENSE_METRICS)}")
     f = fixed.data[:1].float()[None]
@@ -120,7 +122,8 @@ def build_term(name: str, fixed: Image, moving: Image, fixed_valid: torch.Tensor
     extra: Dict[str, object] = {}
     mind_pair = None
     if name in ("mind", "mi", "ngf"):  # mi and ngf search on MIND-SSC in the discrete step
-        mind_pair = (mind_features(f, mind_radius, mind_dilation), mind_features(m, mind_radius, mind_dilation))
+        mind_pair = shared_components(mind_features(f, mind_radius, mind_dilation),
+                                      mind_features(m, mind_radius, mind_dilation), mind_components)
     if name == "mind":
         tf, tm = mind_pair
     elif name == "disa":

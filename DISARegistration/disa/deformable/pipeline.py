@@ -78,7 +78,8 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
                         lr: Optional[float] = None, smoothness: Optional[float] = None,
                         levels: int = D.levels, coarse_iterations: Optional[int] = None,
                         jacobian_weight: float = D.jacobian_weight, integrator: str = D.integrator,
-                        time_steps: int = D.time_steps, bidirectional: bool = D.bidirectional, seed: int = D.seed,
+                        time_steps: int = D.time_steps, bidirectional: bool = D.bidirectional,
+                        mind_components: int = D.mind_components, seed: int = D.seed,
                         device: str = D.device, threads: Optional[int] = D.threads, weights=None,
                         fixed_mask="auto", progress: Optional[ProgressCallback] = None,
                         cancel: Optional[Callable[[], bool]] = None, **linear_options) -> RegistrationResult:
@@ -96,7 +97,8 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
     ``levels``: working grids coarse to fine (each twice as coarse as the next; the finest at
     ``spacing``): ``iterations`` run on the finest, ``coarse_iterations`` on each coarser one.
     ``iterations``, ``coarse_iterations``, ``lr``, ``smoothness``: None takes the method's default
-    (DENSE_DEFAULTS).
+    (DENSE_DEFAULTS). ``mind_components``: MIND-SSC's 12 channels projected onto this many shared
+    principal components in the dense stage (12: unprojected).
     ``weights``: a DISA weights file. ``cancel`` is polled every iteration (CancelledError).
     Deterministic on a CPU for given inputs, settings, seed and thread count.
     """
@@ -105,7 +107,7 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
         started = time.perf_counter()
         s = check_dense_settings(transform, spacing, grid_spacing_mm, stride, search_radius_mm, iterations, lr,
                                  smoothness, jacobian_weight, integrator, time_steps, seed, linear_transform,
-                                 levels, coarse_iterations)
+                                 levels, coarse_iterations, mind_components)
         spec, terms_spec = check_metric(metric)
         dev = resolve_device(device)
         monitor = Monitor(progress, cancel)
@@ -143,7 +145,8 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
             m_img = on_grid(moving_ready, grid, matrix).to(dev)
             f_valid, m_valid = f_img.mask.float()[None], m_img.mask.float()[None]
             level_terms.append([(w, build_term(name, f_img, m_img, f_valid, m_valid, D.mind_radius, D.mind_dilation,
-                                               descriptor, s["stride"], s["seed"])) for w, name in terms_spec])
+                                               descriptor, s["stride"], s["seed"], s["mind_components"]))
+                                for w, name in terms_spec])
             monitor.check()
         grid, terms = pyramid[-1], level_terms[-1]
         shape = grid.shape

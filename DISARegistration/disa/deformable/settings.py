@@ -20,6 +20,8 @@ MAX_LEVELS = 5
 DEFAULT_LR = {"deformable": D.lr, "diffeomorphic": D.dense_lr, "neural-ode": D.ode_lr}
 MAX_GRID_SPACING_MM = 100.0
 MAX_SEARCH_RADIUS_MM = 200.0
+#: Channels of MIND-SSC (the most ``mind_components`` can keep).
+MIND_CHANNELS = 12
 
 
 def check_metric(metric) -> Tuple[MetricSpec, Tuple[Tuple[float, str], ...]]:
@@ -36,7 +38,8 @@ def check_metric(metric) -> Tuple[MetricSpec, Tuple[Tuple[float, str], ...]]:
 def check_dense_settings(transform: str, spacing: Optional[float], grid_spacing_mm, stride, search_radius_mm,
                          iterations: Optional[int], lr: Optional[float], smoothness: Optional[float],
                          jacobian_weight, integrator: str, time_steps, seed, linear_transform: str,
-                         levels=D.levels, coarse_iterations: Optional[int] = None) -> dict:
+                         levels=D.levels, coarse_iterations: Optional[int] = None,
+                         mind_components=D.mind_components) -> dict:
     """Checked settings; None values take the method's default (``DENSE_DEFAULTS``)."""
     transform = check_choice("dense transform", transform, DENSE_METHODS)
     dense = transform != "deformable"
@@ -58,7 +61,8 @@ def check_dense_settings(transform: str, spacing: Optional[float], grid_spacing_
            "integrator": check_choice("integrator", integrator, INTEGRATORS),
            "time_steps": check_int("time steps", time_steps, 1, 1000),
            "seed": check_int("seed", seed, 0, 2 ** 32 - 1),
-           "linear_transform": check_choice("linear transform", linear_transform, LINEAR_TRANSFORMS)}
+           "linear_transform": check_choice("linear transform", linear_transform, LINEAR_TRANSFORMS),
+           "mind_components": check_int("MIND-SSC components", mind_components, 1, MIND_CHANNELS)}
     if out["stride"] is None:
         raise InputError(f"the descriptor stride must be one of {', '.join(map(str, STRIDES))}, got {stride!r}")
     return out

@@ -50,3 +50,34 @@ def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.T
     var = var.clamp(mean_var * 1e-3, mean_var * 1e3)
     out = torch.exp(-d / var)
     return out[0] if squeeze else out
+
+
+def shared_components(fixed: torch.Tensor, moving: torch.Tensor, components: int,
+                      sample_step: int = 7) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Two (B, C, Z, Y, X) descriptor fields projected onto the top ``components`` principal
+    axes of both together (one basis, so differences stay comparable), scaled so that the
+    expected channel-mean squared difference keeps its size (the regularizer's balance holds).
+
+    MIND-SSC's 12 channels are correlated and every dense iteration warps and compares each one,
+    so fewer channels cost less (``DENSE_DEFAULTS.mind_components``). The basis comes from the
+    eigenvectors of the C x C covariance of every ``sample_step``-th voxel, in float64, each axis
+    signed so that its largest loading is positive (one answer on every machine).
+    """
+    c = fixed.shape[1]
+    if components >= c:
+        return fixed, moving
+    x = torch.cat([fixed.transpose(0, 1).reshape(c, -1)[:, ::sample_step],
+                   moving.transpose(0, 1).reshape(c, -1)[:, ::sample_step]], 1).double()
+    mean = x.mean(1, keepdim=True)
+    centred = x - mean
+    values, vectors = torch.linalg.eigh(centred @ centred.T / max(centred.shape[1] - 1, 1))
+    basis = vectors[:, -components:].flip(1)  # (C, K), largest variance first
+    sign = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
+    kept = float(values[-components:].sum() / values.sum().clamp_min(1e-30))
+    basis = (basis * sign * (components / (c * max(kept, 1e-6))) ** 0.5).to(fixed.dtype)
+    mean = mean.to(fixed.dtype).view(1, c, 1, 1, 1)
+
+    def project(f: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("ck,bczyx->bkzyx", basis, f - mean).contiguous()
+
+    return project(fixed), project(moving)
