@@ -214,3 +214,36 @@ def test_pack_sources_refuses_a_folder_without_templates(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no templates/ folder" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+# background rendering ---------------------------------------------------------------------------
+def test_training_starts_before_the_background_pool_is_full(tmp_path):
+    """With a render worker, the pool's first fill is queued behind the curve's renders; ``fill``
+    returns once the asked-for slots hold a pair, crops are cut from those alone, and the rest
+    arrive in their own empty slots at ``refresh`` (the same pairs a pool without workers renders,
+    which are pure functions of their index)."""
+    import time
+
+    from disa.train.crops import sample_crop_pairs
+    from disa.train.loop import Pool, TrainConfig
+    from disa.train.sources import curve_pair_jobs, render_pair
+
+    config = TrainConfig(DATA, str(tmp_path), pool_size=2, render_workers=1, crop=48)
+    pool = Pool(config, torch.device("cpu"), start_index=5)
+    try:
+        curve = curve_pair_jobs(DATA, pool.executor, 1)
+        pool.start()
+        assert curve[0].result().name.startswith("curve-") and len(pool.filling) == 2
+        pool.fill(1)
+        assert pool.entries[0] is not None and len(pool.ready()) in (1, 2)
+        a, b = sample_crop_pairs(pool.atlas, pool.ready(), 2, np.random.default_rng(0), 48)
+        assert a.shape == b.shape == (2, 1, 48, 48, 48) and bool(torch.isfinite(a).all())
+        deadline = time.monotonic() + 300
+        while pool.filling and time.monotonic() < deadline:
+            pool.refresh(1)
+            time.sleep(0.2)
+        assert len(pool.ready()) == 2 and not pool.filling and pool.replace_at == 0
+        assert [e.slot_a for e in pool.entries] == [0, 2] and pool.entries[0].name != pool.entries[1].name
+        assert pool.entries[1].name == render_pair(DATA, 0, 6, pool.us_files).name  # slot 1: pair 6
+    finally:
+        pool.close()

@@ -40,7 +40,7 @@ from ..registration.pipeline import resolve_device
 from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_snapshot
 from .crops import PoolEntry, VolumeAtlas, sample_crop_pairs
 from .curve import CROP, FIRST, CurveSet, last_output, output_weights, write_curve
-from .sources import DEFAULT_MIX, KINDS, curve_pairs, render_pair, training_us_files
+from .sources import DEFAULT_MIX, KINDS, curve_pair_jobs, curve_pairs, render_pair, training_us_files
 from .synth import TEMPLATES, load_template
 from .targets import dense_targets
 
@@ -178,7 +178,12 @@ def distill_weight(config: TrainConfig, step: int) -> float:
 
 
 class Pool:
-    """Training volume pairs in an atlas on the device, refreshed from background renders."""
+    """Training volume pairs in an atlas on the device, refreshed from background renders.
+
+    With render workers, ``start`` queues the first ``pool_size`` renders without waiting (behind
+    the learning curve's, so both keep every worker busy) and ``fill(minimum)`` returns once that
+    many slots hold a pair: training starts on them while the rest arrive at ``refresh``.
+    """
 
     def __init__(self, config: TrainConfig, device: torch.device, start_index: int):
         self.config, self.next_index = config, int(start_index)
@@ -192,6 +197,7 @@ class Pool:
         self.executor = (ProcessPoolExecutor(config.render_workers, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_render_worker_init)
                          if config.render_workers > 0 else None)
+        self.filling: List[tuple] = []  # (slot, future) of the first fill, in submission order
         self.pending = []
 
     def _render(self):
@@ -209,19 +215,49 @@ class Pool:
                                        pair.scale, pair.name)
         self.names.append(pair.name)
 
-    def fill(self) -> None:
-        jobs = [self._render() for _ in range(self.config.pool_size)]
-        for slot, job in enumerate(jobs):
-            self._put(slot, job.result() if self.executor else job)
-        if self.executor:
-            self.pending = [self._render() for _ in range(self.config.render_workers)]
+    def ready(self) -> List[PoolEntry]:
+        """The slots that hold a pair (all of them once the first fill is in)."""
+        return [e for e in self.entries if e is not None]
+
+    def start(self) -> None:
+        """Queue the first fill's renders in the background (no-op without workers, or twice)."""
+        if self.executor is not None and not self.filling and not self.ready():
+            self.filling = [(slot, self._render()) for slot in range(self.config.pool_size)]
+
+    def fill(self, minimum: Optional[int] = None) -> None:
+        """Fill the pool; with workers, return once ``minimum`` slots (default: all) hold a pair,
+        in submission order, and queue one further render per worker for the refreshes."""
+        if self.executor is None:
+            for slot in range(self.config.pool_size):
+                self._put(slot, self._render())
+            return
+        self.start()
+        need = self.config.pool_size if minimum is None else max(1, min(int(minimum), self.config.pool_size))
+        while len(self.ready()) < need:
+            slot, job = self.filling.pop(0)
+            self._put(slot, job.result())
+        self._take_filled()
+        self.pending = [self._render() for _ in range(self.config.render_workers)]
+
+    def _take_filled(self) -> None:
+        still = []
+        for slot, job in self.filling:
+            if job.done():
+                self._put(slot, job.result())
+            else:
+                still.append((slot, job))
+        self.filling = still
 
     def refresh(self, step: int) -> None:
-        """Swap finished background renders in (or render one pair every ``refresh_every`` steps)."""
+        """Swap finished background renders in (or render one pair every ``refresh_every`` steps);
+        while the first fill is still arriving, its pairs go into their empty slots first."""
         if self.executor is None:
             if step % self.config.refresh_every == 0:
                 self._put(self.replace_at, self._render())
                 self.replace_at = (self.replace_at + 1) % self.config.pool_size
+            return
+        if self.filling:
+            self._take_filled()
             return
         still = []
         for job in self.pending:
@@ -361,16 +397,22 @@ def _train(config: TrainConfig, progress) -> dict:
     t_start = time.perf_counter()
     pool = Pool(config, device, start_index=rendered)  # its workers render the curve's pairs too
     try:  # the render workers are shut down however the run ends
-        curve = CurveSet(curve_pairs(config.source_dir, config.curve_pairs, executor=pool.executor),
-                         config.curve_crops, device=device)
+        if pool.executor is not None:  # the curve's renders first, the pool's queued behind them
+            jobs = curve_pair_jobs(config.source_dir, pool.executor, config.curve_pairs)
+            pool.start()
+            pairs = [job.result() for job in jobs]
+        else:
+            pairs = curve_pairs(config.source_dir, config.curve_pairs)
+        curve = CurveSet(pairs, config.curve_crops, device=device)
         baselines = curve.baselines(initial.to(device) if initial is not None else None)
         if step0 == 0:
             history.append({"step": 0, **curve.evaluate(model), "seconds": 0.0})
         progress(f"learning curve: {len(curve.a)} held-out crop pairs from {len(curve.names)} volume pairs "
                  f"({time.perf_counter() - t_start:.0f} s)")
         t0 = time.perf_counter()
-        pool.fill()
-        progress(f"pool of {config.pool_size} volume pairs rendered in {time.perf_counter() - t0:.0f} s")
+        pool.fill(config.render_workers or None)  # with workers: their first wave, the rest while training
+        progress(f"{len(pool.ready())} of {config.pool_size} volume pairs of the pool ready "
+                 f"{time.perf_counter() - t0:.0f} s later" + (", the rest rendering" if pool.filling else ""))
         oracle = MINDOracle().to(device)
         rng = np.random.default_rng([config.seed, step0])
         sums: Dict[str, float] = {}
@@ -379,7 +421,7 @@ def _train(config: TrainConfig, progress) -> dict:
         step = step0
         for step in range(step0 + 1, config.steps + 1):
             pool.refresh(step)
-            xa, xb = sample_crop_pairs(pool.atlas, pool.entries, config.batch_pairs, rng, config.crop,
+            xa, xb = sample_crop_pairs(pool.atlas, pool.ready(), config.batch_pairs, rng, config.crop,
                                        config.max_offset, config.aligned_fraction)
             for group in opt.param_groups:
                 group["lr"] = learning_rate(config, step)

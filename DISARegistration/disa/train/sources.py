@@ -154,8 +154,14 @@ def curve_pairs(data_dir: str, n: int = 8, seed: int = 4242, executor=None) -> l
     range, and every fourth an ultrasound self pair of ``CURVE_US`` (at crop scale 1).
     ``executor`` (a process pool): render them there in parallel; the pairs are the same."""
     if executor is not None:
-        return [job.result() for job in [executor.submit(curve_pair, data_dir, i, seed) for i in range(n)]]
+        return [job.result() for job in curve_pair_jobs(data_dir, executor, n, seed)]
     return [curve_pair(data_dir, i, seed) for i in range(n)]
+
+
+def curve_pair_jobs(data_dir: str, executor, n: int = 8, seed: int = 4242) -> list:
+    """The curve's pairs submitted to ``executor`` (futures, in order), so that the caller can
+    queue other renders behind them before it waits."""
+    return [executor.submit(curve_pair, data_dir, i, seed) for i in range(n)]
 
 
 def curve_pair(data_dir: str, i: int, seed: int = 4242) -> RenderedPair:
@@ -174,5 +180,5 @@ def curve_pair(data_dir: str, i: int, seed: int = 4242) -> RenderedPair:
                             crop_centres(pair.b, pair.mask_b, rng), bool(pair.same_grid), 1.0, name)
 
 
-__all__ = ["RenderedPair", "pair_kind", "render_pair", "curve_pairs", "curve_pair", "crop_centres", "self_pair", "band_limit",
+__all__ = ["RenderedPair", "pair_kind", "render_pair", "curve_pairs", "curve_pair", "curve_pair_jobs", "crop_centres", "self_pair", "band_limit",
            "training_us_files", "CURVE_US", "KINDS", "DEFAULT_MIX", "DEFAULT_SCALES"]
