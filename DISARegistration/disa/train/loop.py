@@ -284,15 +284,20 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, enabled=False)
 
 
+def outputs_per_crop(crop: int) -> int:
+    """Supervised outputs of one crop pair of ``crop``^3: (crop/4 - 8)^3."""
+    return (last_output(crop) - FIRST + 1) ** 3
+
+
 def outputs_per_step(config: TrainConfig) -> int:
-    """Supervised outputs of one step: ``batch_pairs`` crops of ``crop``^3, (crop/4 - 8)^3 each."""
-    return int(config.batch_pairs) * (last_output(config.crop) - FIRST + 1) ** 3
+    """Supervised outputs of one step: ``batch_pairs`` crop pairs of ``crop``^3."""
+    return int(config.batch_pairs) * outputs_per_crop(config.crop)
 
 
 #: Supervised outputs of one step in the reference layout (32 crop pairs of 64^3, 8^3 outputs
 #: each): ``reference_steps_per_s`` in the learning curve is a run's rate of supervised outputs in
 #: those steps, so runs with other crop sizes or batches compare at equal supervision.
-REFERENCE_OUTPUTS = 32 * (last_output(CROP) - FIRST + 1) ** 3
+REFERENCE_OUTPUTS = 32 * outputs_per_crop(CROP)
 
 #: Largest shift (outputs, 4 voxels each) between the A and B outputs compared by ``shifts``.
 MAX_SHIFT = 2

@@ -149,12 +149,10 @@ def training_us_files(data_dir: str) -> list:
     return [f for f in ultrasound_files(data_dir) if not os.path.basename(f).startswith(CURVE_US)]
 
 
-def curve_pairs(data_dir: str, n: int = 8, seed: int = 4242, executor=None) -> list:
+def curve_pairs(data_dir: str, n: int = 8, seed: int = 4242) -> list:
     """The held-out volume pairs of the learning curve: synthetic pairs from their own seed
-    range, and every fourth an ultrasound self pair of ``CURVE_US`` (at crop scale 1).
-    ``executor`` (a process pool): render them there in parallel; the pairs are the same."""
-    if executor is not None:
-        return [job.result() for job in curve_pair_jobs(data_dir, executor, n, seed)]
+    range, and every fourth an ultrasound self pair of ``CURVE_US`` (at crop scale 1). Rendered
+    here; :func:`curve_pair_jobs` renders the same pairs in a process pool."""
     return [curve_pair(data_dir, i, seed) for i in range(n)]
 
 
