@@ -248,13 +248,15 @@ def test_adam_takes_torch_adams_steps():
         assert torch.equal(a, b) and float((a - s).detach().abs().max()) > 0.1
 
 
-def test_diffeomorphic_starts_from_the_discrete_step(pair):
-    """With no optimization at all, the stationary velocity field is the discrete + convex step's
-    displacement, exponentiated: already closer to the truth than the identity, and unfolded."""
+@pytest.mark.parametrize("method", ["diffeomorphic", "neural-ode"])
+def test_diffeomorphic_starts_from_the_discrete_step(pair, method):
+    """With no optimization at all, the velocity (the stationary field, or the neural-ODE's offset
+    plus its network's zero output) is the discrete + convex step's displacement, exponentiated
+    or integrated: already closer to the truth than the identity, and unfolded."""
     fixed, moving, truth = pair
     points = inner_points(fixed)
     before = float(np.linalg.norm(sample_field(truth, points), axis=1).mean())
-    result = register_deformable(fixed, moving, "diffeomorphic", linear=np.eye(4), threads=1, levels=1, iterations=0)
+    result = register_deformable(fixed, moving, method, linear=np.eye(4), threads=1, levels=1, iterations=0)
     assert result.deformation["level_iterations"] == [0] and result.deformation["discrete_seconds"] > 0
     assert mean_error(result, truth, points) < 0.9 * before
     assert result.deformation["jacobian"]["nonpositive"] == 0

@@ -80,8 +80,11 @@ class DenseDefaults:
     dense_smoothness: float = 10.0   # at 1.5 mm: 2 -> mean Dice 0.891, 10 -> 0.906 (diffeomorphic)
     jacobian_weight: float = 10.0    # penalty on Jacobian determinants below ``jacobian_floor``
     jacobian_floor: float = 0.1
-    # The velocity starts at the discrete + convex step's displacement (its first-order logarithm).
-    svf_discrete_start: bool = True
+    # The velocity of both diffeomorphic models starts at the discrete + convex step's displacement
+    # (its first-order logarithm; for "neural-ode" a fixed offset to which the network's output,
+    # zero at first, is added). Neural-ODE from zero on the seed-0 cases (2 threads): mean Dice
+    # 0.905, TRE 0.560 mm; from the discrete step 0.910, 0.510 mm, in about 5% more time.
+    discrete_start: bool = True
     squaring_steps: int = 7          # scaling and squaring: v / 2^7, then 7 compositions
     integrator: str = "rk4"
     time_steps: int = 8              # neural-ode integration steps over t in [0, 1]

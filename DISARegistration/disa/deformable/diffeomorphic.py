@@ -150,18 +150,21 @@ def register_svf(levels: Sequence[Level], lr: float, smoothness: float, jacobian
 def register_neural_ode(levels: Sequence[Level], lr: float, smoothness: float, jacobian_weight: float,
                         jacobian_floor: float, integrator: str, time_steps: int, velocity_grid: int,
                         tolerance: float, patience: int, seed: int = 0, bidirectional: bool = True,
-                        monitor: Optional[Monitor] = None):
+                        monitor: Optional[Monitor] = None, initial: Optional[torch.Tensor] = None):
     """Neural-ODE registration over ``levels`` (coarse to fine); the network's velocity and the
-    flow live on a grid ``velocity_grid`` voxels of the finest level apart. Returns (voxel
-    displacement on the finest grid, (losses, seconds) per level)."""
+    flow live on a grid ``velocity_grid`` voxels of the finest level apart. Given ``initial`` (a
+    voxel displacement of any working grid), the velocity is that displacement (its first-order
+    logarithm, as for the stationary field) plus the network's output, which starts at zero.
+    Returns (voxel displacement on the finest grid, (losses, seconds) per level)."""
     device = levels[-1][0][0][1].fixed.device
     small = coarse_shape(levels[-1][1], velocity_grid)
     generator = torch.Generator().manual_seed(int(seed))
     net = VelocityNet(generator=generator).to(device)
     coords = identity_grid(small, device).permute(0, 4, 1, 2, 3).contiguous()
+    offset = None if initial is None else resize_field(initial.detach().float(), small)
 
     def displacement(shape):
-        v_small = net(coords)  # in voxels of the velocity grid
+        v_small = net(coords) if offset is None else offset + net(coords)  # voxels of the velocity grid
         disp_small = integrate(v_small, time_steps, integrator)
         return resize_field(disp_small, shape), resize_field(v_small, shape)
 

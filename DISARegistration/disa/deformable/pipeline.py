@@ -157,7 +157,7 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
         extra: dict = {}
         method = s["transform"]
         discrete = None
-        if method == "deformable" or (method == "diffeomorphic" and D.svf_discrete_start):
+        if method == "deformable" or D.discrete_start:
             step = float(np.mean(grid.spacing))
             cell = s["stride"] * max(1, round(s["grid_spacing_mm"] / (step * s["stride"])))
             radius = max(1, int(np.ceil(s["search_radius_mm"] / (step * s["stride"]) - 1e-6)))
@@ -192,7 +192,7 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
             else:
                 common["velocity_grid"] = D.ode_velocity_grid
                 disp, history = register_neural_ode(levels, integrator=s["integrator"], time_steps=s["time_steps"],
-                                                    seed=s["seed"], **common)
+                                                    seed=s["seed"], initial=discrete, **common)
                 extra.update(integrator=s["integrator"], time_steps=s["time_steps"])
             extra["velocity_grid_voxels"] = common["velocity_grid"]
         extra["level_iterations"] = [len(h) for h, _ in history]
