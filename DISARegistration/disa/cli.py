@@ -312,7 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rotation", type=DEGREES, default=10.0, help="perturbation range, +- degrees per axis")
     p.add_argument("--max-translation", type=MILLIMETRES, default=10.0, help="perturbation range, +- mm per axis")
     p.add_argument("--methods", default=None,
-                   help="comma-separated subset of: disa, lc2, mind, mi, sitk-mi, elastix (default all available)")
+                   help="comma-separated subset of: disa, disa-oracle (DISA-LC2's path on the MIND-SSC oracle "
+                        "instead of the network), lc2, mind, mi, sitk-mi, elastix (default all available)")
+    p.add_argument("--spacings", type=_checked(_spacings, "spacings"), default=None, metavar="MM[,MM...]",
+                   help="working spacings of the engine's methods, coarse to fine (default: each measure's own)")
     p.add_argument("--val-data", default=None, metavar="DIR",
                    help="paper-style validation patch pairs for the DISA approximation error "
                         "(build with: disa train --paper --build-only --source-dir ../shared/data --data DIR)")
@@ -468,7 +471,8 @@ def cmd_benchmark(args) -> int:
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     run_benchmark(runs=args.runs, max_rotation=args.max_rotation, max_translation=args.max_translation,
                   methods=methods, output_dir=args.output_dir, seed=args.seed, device=args.device,
-                  val_data=args.val_data, heldout_data=args.heldout_data, weights=args.weights)
+                  val_data=args.val_data, heldout_data=args.heldout_data, weights=args.weights,
+                  spacings=args.spacings)
     return 0
 
 

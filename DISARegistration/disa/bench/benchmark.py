@@ -30,11 +30,14 @@ from .records import (
     warm_up_runners,
 )
 
-#: Methods in report order; the first four are this engine's.
-METHODS = ("disa", "lc2", "mind", "mi", "sitk-mi", "elastix")
-ENGINE_METHODS = ("disa", "lc2", "mind", "mi")
+#: Methods in report order; the first five are this engine's. "disa-oracle" is DISA-LC²'s path
+#: with the parameter-free MIND-SSC oracle in place of the network: what the path reaches with a
+#: descriptor known to register (the bar of issue #9), never a default.
+METHODS = ("disa", "disa-oracle", "lc2", "mind", "mi", "sitk-mi", "elastix")
+ENGINE_METHODS = ("disa", "disa-oracle", "lc2", "mind", "mi")
 OPTIMIZERS = {
     "disa": "global search + L-BFGS, 2 levels",
+    "disa-oracle": "global search + L-BFGS, 2 levels",
     "lc2": "local search (BOBYQA), 2 levels",
     "mind": "global search + L-BFGS, 2 levels",
     "mi": "global search + L-BFGS, 2 levels",
@@ -161,11 +164,25 @@ def _pct(v) -> str:
 class _Runner:
     """One method: ``warm_up()`` (untimed) then ``__call__(moved) -> (matrix, seconds, info)``."""
 
-    def __init__(self, method: str, fixed, fixed_mask: np.ndarray, device: str, seed: int, weights=None):
+    def __init__(self, method: str, fixed, fixed_mask: np.ndarray, device: str, seed: int, weights=None,
+                 spacings=None):
         self.method, self.fixed, self.fixed_mask, self.device, self.seed = method, fixed, fixed_mask, device, seed
         self.worker = None
-        # a weights file (disa benchmark --weights) applies to the DISA rows only
+        # a weights file (disa benchmark --weights) applies to the DISA rows only, spacings to the engine's
         self.options = {"weights": weights} if method == "disa" and weights is not None else {}
+        if spacings is not None:
+            self.options["spacings"] = list(spacings)
+
+    def metric(self):
+        """The ``register`` metric: the method's name, or for the oracle a fresh DISA-LC² measure
+        on the MIND-SSC oracle (a private descriptor cache per run, as the held-out check does)."""
+        if self.method != "disa-oracle":
+            return self.method
+        from ..features.descriptors import DescriptorCache
+        from ..features.mind_oracle import MINDOracle
+        from ..similarity.disa import DISA
+
+        return DISA(model=MINDOracle(), cache=DescriptorCache())
 
     def settings(self) -> dict:
         return {"optimizer": OPTIMIZERS[self.method]}
@@ -193,8 +210,9 @@ class _Runner:
         if self.method in ENGINE_METHODS:  # torch kernels, optimizer imports
             from ..registration import register
 
-            register(self.fixed, moved, metric=self.method, search="local", spacings=[4.0], max_evals=15,
-                     device=self.device, seed=0, **self.options)
+            options = {k: v for k, v in self.options.items() if k != "spacings"}
+            register(self.fixed, moved, metric=self.metric(), search="local", spacings=[4.0], max_evals=15,
+                     device=self.device, seed=0, **options)
         else:
             self(moved)
 
@@ -203,7 +221,7 @@ class _Runner:
             from ..registration import register
 
             t0 = time.perf_counter()
-            r = register(self.fixed, moved, metric=self.method, device=self.device, seed=0, **self.options)
+            r = register(self.fixed, moved, metric=self.metric(), device=self.device, seed=0, **self.options)
             seconds = time.perf_counter() - t0
             return r.matrix, seconds, {"engine_seconds": r.seconds, "final_similarity": r.final_similarity,
                                        "evaluations": [lv.evaluations for lv in r.levels], "device": r.device}
@@ -225,12 +243,13 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
                   methods: Optional[Sequence[str]] = None, output_dir="bench-results", seed: int = 0,
                   device: str = "auto", data_dir=None, print_fn: Callable[[str], None] = print,
                   log=None, val_data: Optional[str] = None, heldout_data: Optional[str] = None,
-                  weights=None) -> dict:
+                  weights=None, spacings: Optional[Sequence[float]] = None) -> dict:
     """Run the benchmark, print the report with ``print_fn``, write results.json/results.md.
 
     ``methods`` None runs every available method (elastix only with itk-elastix installed);
     an unknown name raises InputError. Progress lines go to ``log`` (default stderr).
-    ``weights``: a DISA weights file to benchmark instead of the shipped one.
+    ``weights``: a DISA weights file to benchmark instead of the shipped one. ``spacings``: the
+    engine methods' working spacings (mm, coarse to fine) instead of each measure's default.
     """
     import torch
 
@@ -280,7 +299,7 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
         results: Dict[str, dict] = {}
         runners: Dict[str, _Runner] = {}
         try:
-            open_runners(chosen, lambda method: _Runner(method, fixed, fixed_mask, device, seed, weights), progress,
+            open_runners(chosen, lambda method: _Runner(method, fixed, fixed_mask, device, seed, weights, spacings), progress,
                          results, runners, not_run="skipped")
             warm_up_runners(runners, results, lambda runner: runner.warm_up(move_image(moving, cases[0]["matrix"])),
                             progress)
@@ -319,14 +338,15 @@ def run_benchmark(runs: int = 20, max_rotation: float = 10.0, max_translation: f
     machine = {"cpu_count": os.cpu_count(), "load_before": load_before, "load_after": load_average(),
                "total_seconds": time.perf_counter() - started}
     report = build_report(results, initial, floor, lc2_eval, dict(runs=int(runs), max_rotation=max_rotation,
-                          max_translation=max_translation, seed=seed, device=str(resolve_device(device))),
+                          max_translation=max_translation, seed=seed, device=str(resolve_device(device)),
+                          spacings=spacings),
                           n_landmarks=len(fixed_lm.points), machine=machine, disa=disa_rows)
     data = {
         "benchmark": "disa benchmark: RESECT Case 24, US (fixed) <- T1 MR (moving), rigid",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "settings": {"runs": int(runs), "max_rotation_deg": float(max_rotation),
                      "max_translation_mm": float(max_translation), "seed": int(seed), "device": device,
-                     "methods": chosen},
+                     "methods": chosen, "spacings": None if spacings is None else list(spacings)},
         "environment": {"cpu_count": os.cpu_count(), "torch_threads": os.cpu_count() or 1,
                         "threading_env": _threading_env(),
                         "load_average_before": load_before, "load_average_after": machine["load_after"],
@@ -474,7 +494,9 @@ def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval:
     lines = ["# disa benchmark: RESECT Case 24, ultrasound (fixed) <- T1 MR (moving), rigid", "",
              f"{settings['runs']} seeded perturbations (seed {settings['seed']}): rotation-vector components "
              f"uniform in +-{settings['max_rotation']:g} deg, translations uniform in +-{settings['max_translation']:g} mm "
-             f"per axis, about the MR centre. Torch device {settings['device']}, {os.cpu_count()} CPU cores.", "",
+             f"per axis, about the MR centre. Torch device {settings['device']}, {os.cpu_count()} CPU cores."
+             + ("" if settings.get("spacings") is None else " Engine methods at working spacings "
+                + ", ".join(f"{v:g}" for v in settings["spacings"]) + " mm (not their defaults)."), "",
              f"- TRE before registration (mean of {n_landmarks} landmarks, over runs): mean {initial['mean_tre']:.2f} mm, "
              f"median {initial['median_tre']:.2f} mm, max {initial['max_tre']:.2f} mm",
              f"- TRE at the truth (identity on the unperturbed pair; the landmarks' floor): {floor['mean']:.2f} mm",
