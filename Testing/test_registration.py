@@ -134,3 +134,21 @@ def test_progress_reports_stages_and_finishes(case):
     fractions = [f for _, f in seen]
     assert seen[-1][0] == "done" and fractions[-1] == 1.0
     assert all(0.0 <= f <= 1.0 for f in fractions) and fractions == sorted(fractions)
+
+
+def test_disa_levels_keep_48_coarse_voxels_across_the_content():
+    """DISA-LC² describes its fine level at 1 mm and its coarse level (stride 4, where the global
+    search runs) no coarser than the content over 48 voxels or twice the fine spacing: a 40 mm
+    fan gets one 1 mm level, a 70 mm one 1.46 and 1 mm, a 10 cm one 2 and 1 mm; other measures
+    keep twice their fine spacing."""
+    from disa.registration.pipeline import default_spacings
+    from disa.similarity.disa import DISA
+    from disa.similarity.mind import MIND
+    from disa.spatial.image import VolumeInfo
+
+    grid = VolumeInfo((256, 256, 256), (0.5, 0.5, 0.5))  # a 128 mm box; the content extents vary
+    assert default_spacings(grid, grid, DISA, 40.0) == [1.0]
+    assert default_spacings(grid, grid, DISA, 70.0) == [1.46, 1.0]
+    assert default_spacings(grid, grid, DISA, 100.0) == [2.0, 1.0]
+    assert default_spacings(grid, grid, MIND, 48.0) == [2.0, 1.0]
+    assert default_spacings(grid, grid, MIND, 24.0) == [1.0, 0.5]

@@ -66,7 +66,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def default_spacings(fixed: Union[Image, Volume], moving: Union[Image, Volume],
                      similarity: Optional[Similarity] = None, content_extent: Optional[float] = None) -> List[float]:
-    """Two levels, coarse then fine. The fine spacing is the similarity's choice for the smaller
+    """Two levels, coarse then fine (one where the similarity's coarse spacing is not coarser).
+    The fine spacing is the similarity's choice for the smaller
     of the fixed content (``content_extent``, mm: the fixed mask's bounding box; default the
     whole grid) and the moving grid, never finer than the images: about 48 voxels across for
     most measures, 1 mm for a 5 cm ultrasound fan; DISA works at the scale its network was
@@ -74,9 +75,10 @@ def default_spacings(fixed: Union[Image, Volume], moving: Union[Image, Volume],
     f, m = Volume.of(fixed), Volume.of(moving)
     finest = float(max(min(f.spacing), min(m.spacing)))
     extent = float(min(f.extent().min() if content_extent is None else content_extent, m.extent().min()))
-    fine = (similarity or Similarity()).fine_spacing(finest, extent)
-    fine = float(np.round(fine, 2)) or finest
-    return [2.0 * fine, fine]
+    measure = similarity or Similarity()
+    fine = float(np.round(measure.fine_spacing(finest, extent), 2)) or finest
+    coarse = float(np.round(measure.coarse_spacing(fine, extent), 2))
+    return [coarse, fine] if coarse > fine else [fine]
 
 
 def content_extent(image: Image, mask) -> Optional[float]:

@@ -81,6 +81,11 @@ class Similarity:
         mm and whose fixed content spans ``extent`` mm: about 48 voxels across the content."""
         return max(finest, extent / 48.0)
 
+    @classmethod
+    def coarse_spacing(cls, fine: float, extent: float) -> float:
+        """The coarse level's spacing (mm) above a ``fine`` one for content spanning ``extent`` mm."""
+        return 2.0 * fine
+
     def at_scale(self, factor: float) -> "Similarity":
         """This measure for a coarser pyramid level (``factor`` = finest / level spacing < 1).
 
