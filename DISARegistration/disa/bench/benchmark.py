@@ -36,8 +36,8 @@ from .records import (
 METHODS = ("disa", "disa-oracle", "lc2", "mind", "mi", "sitk-mi", "elastix")
 ENGINE_METHODS = ("disa", "disa-oracle", "lc2", "mind", "mi")
 OPTIMIZERS = {
-    "disa": "global search + L-BFGS, 2 levels",
-    "disa-oracle": "global search + L-BFGS, 2 levels",
+    "disa": "global search + L-BFGS, 1-2 levels (48 coarse voxels across the fan)",
+    "disa-oracle": "global search + L-BFGS, 1-2 levels (48 coarse voxels across the fan)",
     "lc2": "local search (BOBYQA), 2 levels",
     "mind": "global search + L-BFGS, 2 levels",
     "mi": "global search + L-BFGS, 2 levels",
