@@ -3,8 +3,9 @@
 - ``"diffeomorphic"``: a stationary velocity field v on a grid ``velocity_grid`` working voxels
   apart, exponentiated there by scaling and squaring and interpolated to the working grid.
 - ``"neural-ode"`` (after NODEO, Wu et al. CVPR 2022, and node_mind_diffeomorphic.md): v is the
-  output of a small convolutional network of a fixed coordinate input; the map phi solves
-  d phi / dt = v(phi(t)) over t in [0, 1], integrated by Euler or RK4 steps.
+  output of a small convolutional network of a fixed coordinate input (plus, by default, the
+  discrete step's displacement as a fixed offset); the map phi solves d phi / dt = v(phi(t))
+  over t in [0, 1], integrated by Euler or RK4 steps.
 
 Both minimize the (combined) similarity of ``losses.combined_loss`` (forward, and backward
 through the negated displacement), a diffusion regularizer on the velocity, and a penalty on
