@@ -15,6 +15,7 @@ from typing import List, Optional
 from .errors import CancelledError, DISAError, InputError, existing_file
 from .deformable.defaults import DENSE_DEFAULTS, INTEGRATORS, STRIDES
 from .deformable.defaults import LINEAR_TRANSFORMS as DENSE_LINEAR
+from .deformable.settings import MIND_CHANNELS
 from .registration.defaults import (DEFAULTS, DENSE_TRANSFORMS, FIXED_MASKS, PRECISIONS, SEARCH_PRESETS, SEARCHES,
                                    TRANSFORMS)
 from .registration.options import (MAX_EVALS, MAX_ROTATION_DEG, MAX_SEARCH_SAMPLES, MAX_SEED, MAX_TRANSLATION_MM,
@@ -215,9 +216,10 @@ def add_registration_options(p: argparse.ArgumentParser):
     dense.add_argument("--smoothness", type=_checked(_non_negative, "smoothness"), default=None, metavar="W",
                        help="weight of the regularizer on the field's derivatives (default "
                             f"{dd.smoothness:g} deformable, {dd.dense_smoothness:g} diffeomorphic)")
-    dense.add_argument("--mind-components", type=int, choices=range(1, 13), default=None, metavar="K",
-                       help="MIND-SSC's 12 channels projected onto K shared principal components in the dense "
-                            f"stage, 1 to 12 (default {dd.mind_components}; 12 keeps them all)")
+    dense.add_argument("--mind-components", type=int, choices=range(1, MIND_CHANNELS + 1), default=None,
+                       metavar="K", help=f"MIND-SSC's {MIND_CHANNELS} channels projected onto K shared principal "
+                                         f"components in the dense stage, 1 to {MIND_CHANNELS} (default "
+                                         f"{dd.mind_components}; {MIND_CHANNELS} keeps them all)")
     dense.add_argument("--integrator", choices=INTEGRATORS, default=None,
                        help=f"neural-ode: time integrator (default {dd.integrator})")
 

@@ -210,9 +210,8 @@ class _Runner:
         if self.method in ENGINE_METHODS:  # torch kernels, optimizer imports
             from ..registration import register
 
-            options = {k: v for k, v in self.options.items() if k != "spacings"}
-            register(self.fixed, moved, metric=self.metric(), search="local", spacings=[4.0], max_evals=15,
-                     device=self.device, seed=0, **options)
+            register(self.fixed, moved, metric=self.metric(), search="local", max_evals=15, device=self.device,
+                     seed=0, **{**self.options, "spacings": [4.0]})
         else:
             self(moved)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 from ..errors import InputError
+from ..features.mind import CHANNELS as MIND_CHANNELS
 from ..registration.options import check_choice, check_int, check_spacings, positive
 from ..similarity.spec import MetricSpec, parse_metric
 from .defaults import DENSE_DEFAULTS as D
@@ -20,8 +21,6 @@ MAX_LEVELS = 5
 DEFAULT_LR = {"deformable": D.lr, "diffeomorphic": D.dense_lr, "neural-ode": D.ode_lr}
 MAX_GRID_SPACING_MM = 100.0
 MAX_SEARCH_RADIUS_MM = 200.0
-#: Channels of MIND-SSC (the most ``mind_components`` can keep).
-MIND_CHANNELS = 12
 
 
 def check_metric(metric) -> Tuple[MetricSpec, Tuple[Tuple[float, str], ...]]:

@@ -28,6 +28,10 @@ def ssc_pairs() -> List[Tuple[Tuple[int, int, int], Tuple[int, int, int]]]:
     return pairs
 
 
+#: Channels of MIND-SSC: one per pair of ``ssc_pairs``.
+CHANNELS = len(ssc_pairs())
+
+
 def _shift(padded: torch.Tensor, offset, d: int, shape) -> torch.Tensor:
     z, y, x = (d + o * d for o in offset)
     return padded[..., z:z + shape[0], y:y + shape[1], x:x + shape[2]]
