@@ -235,3 +235,31 @@ def test_exact_lc2_searches_locally():
     local = register(image, moved, search="local", **options)
     assert np.array_equal(asked.matrix, local.matrix)
     assert notes == [LC2_LOCAL_NOTE] and "lc2: local search" in notes[0]
+
+
+def test_a_single_disa_level_searches_on_every_second_descriptor_and_re_scores_on_all(perturbed_pair):
+    """With no coarser level (DISA on content under 96 mm), the search rounds run on a stand-in
+    holding every second fixed descriptor per axis, against the same moving descriptors, and the
+    refined poses are re-scored on the level itself before the local optimizations."""
+    from disa.features.descriptors import DescriptorCache
+    from disa.features.mind_oracle import MINDOracle
+    from disa.similarity.disa import DISA
+
+    fixed, moved, truth, error = perturbed_pair
+    measure = DISA(model=MINDOracle(), cache=DescriptorCache())
+    level = measure.prepare(fixed, moved)
+    thin = level.for_search()
+    assert thin is not level and thin.for_search() is thin
+    assert np.allclose(thin.fixed_grid.spacing, 2 * level.fixed_grid.spacing)
+    assert 1 / 12 < len(thin.points) / len(level.points) < 1 / 5
+    coarse = measure.at_scale(0.5).prepare(fixed, moved)  # a stride-4 level is its own stand-in
+    assert coarse.for_search() is coarse
+
+    # Started 11 degrees and 18 mm from the truth, one 4 mm level: found, through the re-scoring stage.
+    start = np.linalg.inv(rigid_matrix((9.0, -5.0, 4.0), (15.0, -8.0, 6.0), moved.center())) @ truth
+    stages = []
+    result = register(fixed, moved, metric=measure, initial=start, spacings=[4.0], threads=1, seed=0,
+                      progress=lambda stage, fraction, message: stages.append(stage))
+    print(f"start {error(start):.1f} mm -> {error(result.matrix):.2f} mm")
+    assert "search: re-scoring at 4 mm" in stages
+    assert error(start) > 15.0 and error(result.matrix) < 3.0

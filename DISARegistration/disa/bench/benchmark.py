@@ -532,7 +532,8 @@ def build_report(results: Dict[str, dict], initial: dict, floor: dict, lc2_eval:
         "oracle no real case offers.",
         "disa/lc2/mind/mi: disa.registration.register with its defaults (global search, brain preset: 500 poses "
         "within +-10 deg/+-25 mm at 2 mm, the best refined briefly, a narrow second round, re-scored at 1 mm, best 4 "
-        "refined, then 1 mm; lc2 searches locally; automatic ultrasound fan mask).",
+        "refined, then 1 mm; lc2 searches locally; automatic ultrasound fan mask). disa/disa-oracle on Case 24's "
+        "47 mm fan: one 1 mm level, the search rounds on every second fixed descriptor, re-scored on all.",
         "sitk-mi: SimpleITK ImageRegistrationMethod, Mattes MI (50 bins), random sampling 15% (fixed seed), "
         "linear interpolation, Euler3DTransform, RegularStepGradientDescent (learning rate 2, min step 1e-4, "
         "200 iterations, relaxation 0.5) with physical-shift scales, shrink 4/2/1, smoothing 2/1/0 voxels.",

@@ -65,6 +65,13 @@ class Objective:
         self.chunk = chunk
         self._fixed_points = None  # see grid_of
 
+    def for_search(self) -> "Objective":
+        """This objective on its measure's search stand-in (``Prepared.for_search``), or itself."""
+        prepared = self.prepared.for_search()
+        if prepared is self.prepared:
+            return self
+        return Objective(prepared, self.fixed, self.moving, self.model, self.initial.cpu().numpy())
+
     def matrices(self, params: torch.Tensor) -> torch.Tensor:
         """(B, 4, 4) fixed -> moving LPS matrices of the parameter vectors."""
         return self.initial @ self.model.matrix(params.to(self.device))

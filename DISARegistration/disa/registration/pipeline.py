@@ -251,10 +251,13 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
                 if search == "global":  # the schedule of registration/search.py
                     sampler = PoseSampler(settings["search_samples"], settings["search_rotation"],
                                           settings["search_translation"], settings["seed"])
-                    survivors = global_starts(objective_at, len(spacings), model, x, sampler,
+                    coarse = objective.for_search()  # a cheaper stand-in when no coarser level exists
+                    finer = objective_at(1) if len(spacings) > 1 else (objective if coarse is not objective else None)
+                    rescored_at = spacings[1] if len(spacings) > 1 else spacings[0]
+                    survivors = global_starts(coarse, finer, model, x, sampler,
                                               starts=settings["search_starts"], monitor=monitor,
                                               local=lambda obj, start, n: optimize(obj, start, n, 0),
-                                              labels=[f"{s:g} mm" for s in spacings])
+                                              labels=(f"{spacings[0]:g} mm", f"{rescored_at:g} mm"))
             span = (max(level / len(spacings), SEARCH_PROGRESS if search == "global" else 0.0),
                     (level + 1) / len(spacings))
             monitor.begin(stage, span[0], span[1], len(survivors) * evals, starts=len(survivors))

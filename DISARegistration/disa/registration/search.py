@@ -1,20 +1,22 @@
 """The global search schedule: many starting poses, narrowed coarse to fine, the best few refined.
 
-    starts = global_starts(objective_at, n_levels, model, x0, sampler, starts=4, local=..., monitor=...)
+    starts = global_starts(coarse, finer, model, x0, sampler, starts=4, local=..., monitor=...)
 
-1. **Round 1** on the coarsest level. *Score* every pose of the sampler (the start, then a
-   scrambled Sobol sequence within +-rotation / +-translation; ``optim.global_search.PoseSampler``)
-   in batches: one vectorized evaluation scores many poses. *Refine* the best ``KEEP_FRACTION``
-   of them (at least ``KEEP_PER_START`` per final start) with ``SHORT_EVALS`` L-BFGS evaluations
-   each: with wide ranges the nearest pose is still far from the optimum, and a few steps tell a
+1. **Round 1** on the coarsest level (or, with one level, on its measure's cheaper stand-in,
+   ``Prepared.for_search``: DISA then keeps every second fixed descriptor). *Score* every pose
+   of the sampler (the start, then a scrambled Sobol sequence within +-rotation /
+   +-translation; ``optim.global_search.PoseSampler``) in batches: one vectorized evaluation
+   scores many poses. *Refine* the best ``KEEP_FRACTION`` of them (at least ``KEEP_PER_START``
+   per final start) with ``SHORT_EVALS`` L-BFGS evaluations each: with wide ranges the nearest pose is still far from the optimum, and a few steps tell a
    basin that leads to it from one that does not. Only poses that keep ``OVERLAP_SHARE`` of the
    start's overlap with the moving image compete: points pushed out of view score as "no
    information", and such a pose must not take a place from one that overlaps.
 2. **Round 2**, the same around the best refined pose, within at most ``NARROW_RANGE`` and with
    ``NARROW`` times fewer poses, refining the best ``starts``: a local optimum a coarse voxel or
    two from a better one is common on noisy ultrasound.
-3. **Re-score** every refined pose on the next level (finer, where one exists) and hand the best
-   ``starts`` distinct ones to the pipeline, which optimizes each through every level.
+3. **Re-score** every refined pose on the next level (or on the one level itself, when the
+   rounds ran on a stand-in; otherwise their own costs rank them) and hand the best ``starts``
+   distinct ones to the pipeline, which optimizes each through every level.
 
 Deterministic: the poses come from the seed (round 2 from seed + 1), the local steps are
 deterministic and ties keep their order. Only for differentiable measures (L-BFGS); exact LC²
@@ -23,7 +25,7 @@ alone stays local, as in the DISA paper (``pipeline.register`` falls back to a l
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -101,37 +103,33 @@ def _round(coarse: Objective, poses: np.ndarray, keep: int, min_overlap: float, 
     return refined
 
 
-def global_starts(objective_at: Callable[[int], Objective], n_levels: int, model, x0: np.ndarray,
-                  sampler: PoseSampler, *, starts: int, local: Callable[..., OptimResult], monitor: Monitor,
-                  labels: Sequence[str] = ()) -> List[np.ndarray]:
+def global_starts(coarse: Objective, finer: Optional[Objective], model, x0: np.ndarray, sampler: PoseSampler, *,
+                  starts: int, local: Callable[..., OptimResult], monitor: Monitor,
+                  labels: Sequence[str] = ("coarse", "fine")) -> List[np.ndarray]:
     """The best ``starts`` distinct starting poses, best first (see the module's schedule).
 
-    ``objective_at(level)``: the level's Objective (0 = coarsest); ``local(objective, start,
+    ``coarse``: the objective both rounds run on (the coarsest level's, or its measure's search
+    stand-in, ``Objective.for_search``); ``finer``: the one that re-scores the refined poses (the
+    next level's), or None to rank them by their coarse costs. ``local(objective, start,
     max_evals)``: a local optimization (the pipeline's L-BFGS with its bounds and tolerances);
-    ``labels``: a name per level for the progress line ("4 mm").
+    ``labels``: the two objectives' names on the progress line ("2 mm", "1 mm").
     """
-    def label(level: int) -> str:
-        return labels[level] if level < len(labels) else f"level {level + 1}"
-
     share = SEARCH_PROGRESS
-    coarse = objective_at(0)
     min_overlap = OVERLAP_SHARE * coarse.overlap(x0)
     # Round 1: the whole range around the start.
     refined = _round(coarse, sampler.poses(model, x0), keep_count(sampler.n, starts), min_overlap, local, monitor,
-                     f"search 1/2 at {label(0)}", (0.0, 0.5 * share))
+                     f"search 1/2 at {labels[0]}", (0.0, 0.5 * share))
     # Round 2: narrow ranges (and NARROW times fewer poses) around the best so far.
     best = min(refined, key=lambda r: r.cost)
     half = np.minimum(sampler.half_widths(), np.repeat(NARROW_RANGE, 3))
     narrow = PoseSampler(max(2, sampler.n // NARROW), tuple(half[:3]), tuple(half[3:]), sampler.seed + 1)
     refined += _round(coarse, narrow.poses(model, best.x), min(narrow.n, starts), min_overlap, local, monitor,
-                      f"search 2/2 at {label(0)}", (0.5 * share, 0.85 * share))
+                      f"search 2/2 at {labels[0]}", (0.5 * share, 0.85 * share))
 
-    # Re-score every refined pose on the next level, when there is one.
-    level = min(1, n_levels - 1)
+    # Re-score every refined pose on the finer objective, when there is one.
     candidates = np.stack([r.x for r in refined])
-    if level > 0:
-        finer = objective_at(level)
-        monitor.begin(f"search: re-scoring at {label(level)}", 0.85 * share, share, len(candidates),
+    if finer is not None:
+        monitor.begin(f"search: re-scoring at {labels[1]}", 0.85 * share, share, len(candidates),
                       starts=len(candidates))
         costs = -score_poses(finer.similarity, candidates, monitor=monitor, batch=finer.chunk)
     else:

@@ -59,6 +59,11 @@ class Prepared:
     def evaluate(self, warped: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def for_search(self) -> "Prepared":
+        """A cheaper stand-in for the global search's scoring and brief refinements when it has no
+        coarser level to run on (``registration/search.py``); by default this measure itself."""
+        return self
+
     def region(self, valid: torch.Tensor) -> torch.Tensor:
         """Valid points that are also inside the fixed mask, (B, 1, Z, Y, X) float."""
         return valid if self.fixed_mask is None else valid * self.fixed_mask

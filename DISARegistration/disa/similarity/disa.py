@@ -42,6 +42,7 @@ gradient with respect to the pose flows through the warp, never through the CNN.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Dict, Optional, Union
 
@@ -132,8 +133,11 @@ class PreparedDISA(Prepared):
     needs_valid = False
 
     def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, weights: torch.Tensor,
-                 fixed_grid: Image, moving_grid: Image, sampling: str = "linear"):
+                 fixed_grid: Image, moving_grid: Image, sampling: str = "linear", thin_search: bool = False):
         super().__init__(moving, None, fixed_grid, moving_grid)
+        # what ``for_search`` thins, kept only when asked (a stride-2 level searched alone)
+        self._unthinned = (fixed, weights) if thin_search else None
+        self._search: Optional[PreparedDISA] = None
         zyx = torch.nonzero(weights[0] > 0)
         self.points = zyx.flip(1)  # (N, 3) voxel indices (x, y, z)
         if sampling == "jittered":
@@ -145,6 +149,28 @@ class PreparedDISA(Prepared):
 
     def evaluate(self, warped, valid):
         return torch.einsum("bcn,cn->b", warped.flatten(2), self.weighted_fixed.to(warped.dtype))
+
+    def for_search(self) -> Prepared:
+        """Every second fixed descriptor along each axis (8x fewer points, weights pooled as a
+        stride-4 level pools them), sampled plainly, against the same moving descriptors: what a
+        coarse level gives the global search, without computing descriptors a second time. Used
+        when the search has no coarser level (content up to 48 mm: see ``DISA.coarse_spacing``).
+        Case 24 (``disa benchmark``, 20 starts, 2 threads): 0.9 s a registration instead of 1.9 s,
+        the same landmark errors (median 3.54 mm)."""
+        if self._unthinned is None:
+            return self
+        if self._search is None:
+            fixed, weights = self._unthinned
+            grid = self.fixed_grid
+            size = [int(math.ceil(n / 2)) for n in grid.shape]
+            mask = None if grid.mask is None else grid.mask[:, ::2, ::2, ::2]
+            w = pool_to_grid(weights, size, 2)
+            if mask is not None:
+                w = w * mask.to(w.dtype)
+            thin = Image(torch.zeros(1, *size, device=fixed.device), grid.spacing * 2, grid.origin.copy(),
+                         grid.direction.copy(), mask)
+            self._search = PreparedDISA(fixed[:, ::2, ::2, ::2], self.moving, w, thin, self.moving_grid, "linear")
+        return self._search
 
 
 def _load_default(path: Path):
@@ -231,7 +257,8 @@ class DISA(Similarity):
         fixed_grid = f_desc.same_geometry(torch.zeros(1, *f_desc.shape, device=f_desc.data.device),
                                           f_desc.mask)
         moving_data = m_desc.data * m_desc.mask.to(m_desc.data.dtype)
-        return PreparedDISA(f_desc.data, moving_data, w, fixed_grid, moving_grid, self.sampling)
+        return PreparedDISA(f_desc.data, moving_data, w, fixed_grid, moving_grid, self.sampling,
+                            thin_search=self.stride == 2)
 
     @classmethod
     def fine_spacing(cls, finest: float, extent: float) -> float:
