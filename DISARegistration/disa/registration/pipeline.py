@@ -252,7 +252,9 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
                     sampler = PoseSampler(settings["search_samples"], settings["search_rotation"],
                                           settings["search_translation"], settings["seed"])
                     coarse = objective.for_search()  # a cheaper stand-in when no coarser level exists
-                    finer = objective_at(1) if len(spacings) > 1 else (objective if coarse is not objective else None)
+                    # the level that re-scores the refined poses, built when the rounds are done
+                    finer = (lambda: objective_at(1)) if len(spacings) > 1 else \
+                        ((lambda: objective) if coarse is not objective else None)
                     rescored_at = spacings[1] if len(spacings) > 1 else spacings[0]
                     survivors = global_starts(coarse, finer, model, x, sampler,
                                               starts=settings["search_starts"], monitor=monitor,

@@ -103,14 +103,15 @@ def _round(coarse: Objective, poses: np.ndarray, keep: int, min_overlap: float, 
     return refined
 
 
-def global_starts(coarse: Objective, finer: Optional[Objective], model, x0: np.ndarray, sampler: PoseSampler, *,
-                  starts: int, local: Callable[..., OptimResult], monitor: Monitor,
+def global_starts(coarse: Objective, finer: Optional[Callable[[], Objective]], model, x0: np.ndarray,
+                  sampler: PoseSampler, *, starts: int, local: Callable[..., OptimResult], monitor: Monitor,
                   labels: Sequence[str] = ("coarse", "fine")) -> List[np.ndarray]:
     """The best ``starts`` distinct starting poses, best first (see the module's schedule).
 
     ``coarse``: the objective both rounds run on (the coarsest level's, or its measure's search
-    stand-in, ``Objective.for_search``); ``finer``: the one that re-scores the refined poses (the
-    next level's), or None to rank them by their coarse costs. ``local(objective, start,
+    stand-in, ``Objective.for_search``); ``finer()``: the one that re-scores the refined poses
+    (the next level's, prepared only then: until the rounds start, progress has nothing to
+    report), or None to rank them by their coarse costs. ``local(objective, start,
     max_evals)``: a local optimization (the pipeline's L-BFGS with its bounds and tolerances);
     ``labels``: the two objectives' names on the progress line ("2 mm", "1 mm").
     """
@@ -129,9 +130,10 @@ def global_starts(coarse: Objective, finer: Optional[Objective], model, x0: np.n
     # Re-score every refined pose on the finer objective, when there is one.
     candidates = np.stack([r.x for r in refined])
     if finer is not None:
+        rescoring = finer()
         monitor.begin(f"search: re-scoring at {labels[1]}", 0.85 * share, share, len(candidates),
                       starts=len(candidates))
-        costs = -score_poses(finer.similarity, candidates, monitor=monitor, batch=finer.chunk)
+        costs = -score_poses(rescoring.similarity, candidates, monitor=monitor, batch=rescoring.chunk)
     else:
         costs = np.array([r.cost for r in refined])
     ranked = [OptimResult(candidates[i], float(costs[i]), 0, "") for i in best_first(-costs)]
