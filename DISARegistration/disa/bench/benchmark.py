@@ -35,9 +35,11 @@ from .records import (
 #: descriptor known to register (the bar of issue #9), never a default.
 METHODS = ("disa", "disa-oracle", "lc2", "mind", "mi", "sitk-mi", "elastix")
 ENGINE_METHODS = ("disa", "disa-oracle", "lc2", "mind", "mi")
+#: DISA-LC²'s levels (one up to 48 mm of content, then a coarse one with 48 voxels across).
+DISA_PATH = "global search + L-BFGS, 1-2 levels (48 coarse voxels across the fan)"
 OPTIMIZERS = {
-    "disa": "global search + L-BFGS, 1-2 levels (48 coarse voxels across the fan)",
-    "disa-oracle": "global search + L-BFGS, 1-2 levels (48 coarse voxels across the fan)",
+    "disa": DISA_PATH,
+    "disa-oracle": DISA_PATH,
     "lc2": "local search (BOBYQA), 2 levels",
     "mind": "global search + L-BFGS, 2 levels",
     "mi": "global search + L-BFGS, 2 levels",
