@@ -238,7 +238,7 @@ def test_exact_lc2_searches_locally():
 
 
 def test_a_single_disa_level_searches_on_every_second_descriptor_and_re_scores_on_all(perturbed_pair):
-    """With no coarser level (DISA on content under 96 mm), the search rounds run on a stand-in
+    """With no coarser level (DISA on content up to 48 mm), the search rounds run on a stand-in
     holding every second fixed descriptor per axis, against the same moving descriptors, and the
     refined poses are re-scored on the level itself before the local optimizations."""
     from disa.features.descriptors import DescriptorCache

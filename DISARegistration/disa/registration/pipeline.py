@@ -252,14 +252,14 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
                     sampler = PoseSampler(settings["search_samples"], settings["search_rotation"],
                                           settings["search_translation"], settings["seed"])
                     coarse = objective.for_search()  # a cheaper stand-in when no coarser level exists
-                    # the level that re-scores the refined poses, built when the rounds are done
-                    finer = (lambda: objective_at(1)) if len(spacings) > 1 else \
-                        ((lambda: objective) if coarse is not objective else None)
-                    rescored_at = spacings[1] if len(spacings) > 1 else spacings[0]
+                    # the level that re-scores the refined poses (built when the rounds are done):
+                    # the next one, or this one when the rounds ran on its stand-in
+                    rescore = min(1, len(spacings) - 1)
+                    finer = None if rescore == 0 and coarse is objective else (lambda: objective_at(rescore))
                     survivors = global_starts(coarse, finer, model, x, sampler,
                                               starts=settings["search_starts"], monitor=monitor,
                                               local=lambda obj, start, n: optimize(obj, start, n, 0),
-                                              labels=(f"{spacings[0]:g} mm", f"{rescored_at:g} mm"))
+                                              labels=(f"{spacings[0]:g} mm", f"{spacings[rescore]:g} mm"))
             span = (max(level / len(spacings), SEARCH_PROGRESS if search == "global" else 0.0),
                     (level + 1) / len(spacings))
             monitor.begin(stage, span[0], span[1], len(survivors) * evals, starts=len(survivors))

@@ -7,8 +7,9 @@
    of the sampler (the start, then a scrambled Sobol sequence within +-rotation /
    +-translation; ``optim.global_search.PoseSampler``) in batches: one vectorized evaluation
    scores many poses. *Refine* the best ``KEEP_FRACTION`` of them (at least ``KEEP_PER_START``
-   per final start) with ``SHORT_EVALS`` L-BFGS evaluations each: with wide ranges the nearest pose is still far from the optimum, and a few steps tell a
-   basin that leads to it from one that does not. Only poses that keep ``OVERLAP_SHARE`` of the
+   per final start) with ``SHORT_EVALS`` L-BFGS evaluations each: with wide ranges the nearest
+   pose is still far from the optimum, and a few steps tell a basin that leads to it from one
+   that does not. Only poses that keep ``OVERLAP_SHARE`` of the
    start's overlap with the moving image compete: points pushed out of view score as "no
    information", and such a pose must not take a place from one that overlaps.
 2. **Round 2**, the same around the best refined pose, within at most ``NARROW_RANGE`` and with
