@@ -136,7 +136,9 @@ COORDINATE = _checked(_coordinate, "coordinate")
 def add_registration_options(p: argparse.ArgumentParser):
     d = DEFAULTS
     p.add_argument("--metric", default=d.metric, type=_checked(_metric, "metric"),
-                   help=METRICS_HELP + f"; any case (default {d.metric}, the best-validated measure)")
+                   help=METRICS_HELP + f"; any case (default {d.metric}, the best-validated measure). "
+                   "lc2 and disa explain the fixed image by the moving one: fix the ultrasound, or for "
+                   "CT-MR the MR")
     p.add_argument("--transform", default=d.transform, choices=TRANSFORMS,
                    help="transform model: rigid (6 parameters), affine (12), about the fixed image centre, "
                         "pressure: rigid + 2 parameters of the tissue compression under the ultrasound probe "

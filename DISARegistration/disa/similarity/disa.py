@@ -115,6 +115,12 @@ def pool_to_grid(values: torch.Tensor, size, stride: int) -> torch.Tensor:
     return out[:, :size[0], :size[1], :size[2]]
 
 
+def grid_weights(values: torch.Tensor, size, stride: int, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """``pool_to_grid`` of (1, Z, Y, X) weights, zero where the descriptor grid's ``mask`` is."""
+    w = pool_to_grid(values, size, stride)
+    return w if mask is None else w * mask.to(w.dtype)
+
+
 class PreparedDISA(Prepared):
     """Fixed descriptors and weights at the fixed grid points that carry weight; moving
     descriptors set to 0 outside the moving image/mask.
@@ -164,9 +170,7 @@ class PreparedDISA(Prepared):
             grid = self.fixed_grid
             size = [int(math.ceil(n / 2)) for n in grid.shape]
             mask = None if grid.mask is None else grid.mask[:, ::2, ::2, ::2]
-            w = pool_to_grid(weights, size, 2)
-            if mask is not None:
-                w = w * mask.to(w.dtype)
+            w = grid_weights(weights, size, 2, mask)
             thin = Image(torch.zeros(1, *size, device=fixed.device), grid.spacing * 2, grid.origin.copy(),
                          grid.direction.copy(), mask)
             self._search = PreparedDISA(fixed[:, ::2, ::2, ::2], self.moving, w, thin, self.moving_grid, "linear")
@@ -242,11 +246,9 @@ class DISA(Similarity):
         m_desc = self.descriptors(moving, m_stride, spacing=None if same_scale else fixed.spacing)
         if f_desc.data.device != m_desc.data.device:
             m_desc = m_desc.to(f_desc.data.device)
-        grid_mask = f_desc.mask.to(f_desc.data.dtype)
         b = fixed.data[:1].float()[None]
         fm = torch.ones_like(b) if fixed.mask is None else fixed.mask[None].to(b.dtype)
-        w = fixed_weights(b, fm, self.weight_radius)[0]
-        w = pool_to_grid(w, f_desc.shape, self.stride) * grid_mask
+        w = grid_weights(fixed_weights(b, fm, self.weight_radius)[0], f_desc.shape, self.stride, f_desc.mask)
         if self.border > 0:
             w = w * inside_faces(fixed.shape, f_desc.shape, self.stride, self.border, w.device)
         if float(w.sum()) <= 0:
