@@ -35,8 +35,8 @@ class RegistrationDefaults:
     # median TRE of 1.6-1.7 mm (100% < 2 mm) and the eight held-out synthetic pairs to 0.61 mm
     # (100% of 24 runs < 2 mm). Exact LC2 is better on the held-out median (0.34 mm) but failed one
     # run at 24 mm, stays 2.4-2.5 mm off on Case 24 and costs ~10x more; the shipped DISA weights
-    # (2026-11-27) reach 0.55 mm held out (88% < 2 mm, the CT-T1 pair missed) but 7.3 mm on Case 24
-    # (the previous ones 1.17 mm and 3.2 mm). Revisit when DISA passes its targets.
+    # reach 0.57 mm held out (100% < 2 mm, session 16's path) but 4.5 mm on Case 24. Revisit when
+    # DISA passes its targets.
     metric: str = "mind"
     transform: str = "rigid"
     search: str = "global"
