@@ -195,7 +195,7 @@ class DISA(Similarity):
     checked against its model card's SHA-256). ``model``: a network to use instead (e.g. a
     seeded random one in tests). ``stride``: fixed descriptor stride (4, 2, 1).
     ``moving_stride``: stride of the moving descriptors (None: same as ``stride``).
-    ``quantized``: use 8-bit descriptors. ``weight_radius``: radius of the local-variance
+    ``quantized``: use 8-bit descriptors. ``weight_radius``: radius of the (regional) variance
     weight. ``cache``: a :class:`DescriptorCache` (default: a shared one). ``precision``: of the
     network (float32; bfloat16 or, on CUDA, float16 are faster but change results slightly).
     ``sampling``: jittered, cubic or linear (see the module notes). ``border``: input voxels
