@@ -28,7 +28,9 @@ gradient with respect to the pose flows through the warp, never through the CNN.
   finest level only: see ``at_scale``): descriptors that close to a face of the fixed grid see
   the network's zero padding where the field of view cuts through anatomy; no moving patch
   looks like that at the truth, so they carry no weight (a CT-T1 held-out pair cut to a 96 mm
-  box: oracle 4.5 mm off with them, 0.4 mm without).
+  box, LC²'s patch-variance weights: oracle 4.5 mm off with them, 0.4 mm without; with the
+  regional weights below, the network on the held-out check: worst 1.60 mm with them, 1.06
+  without).
 - Weights ``w``: the variance of the fixed level image within ``weight_radius`` voxels (24, a
   regional measure rather than LC²'s 5-voxel patch variance), averaged over each descriptor's
   footprint, zero outside the fixed mask. The network already maps flat patches to short
