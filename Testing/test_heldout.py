@@ -29,6 +29,13 @@ def case():
     return heldout_case(1, DATA)  # MNI template: ultrasound (fixed) against a T2-like MR (moving)
 
 
+def _point_error(matrix, truth, points) -> float:
+    """Mean distance (mm) between ``points`` mapped by ``matrix`` and by the ``truth``."""
+    from disa.evaluate import registration_errors, transform_points
+
+    return float(registration_errors(matrix, points, transform_points(truth, points)).mean())
+
+
 def test_heldout_truth_maps_the_moving_back_onto_the_fixed_grid(case):
     """The truth of a perturbed held-out pair (move @ Q^-1) resamples the resliced moving image
     back onto the original one; a wrong composition does not."""
@@ -51,7 +58,6 @@ def test_heldout_truth_maps_the_moving_back_onto_the_fixed_grid(case):
 def test_the_oracle_registers_a_heldout_pair_through_the_disa_path(case):
     """MIND-SSC descriptors fed through the DISA path (descriptor cache, 8-bit storage, weights,
     sparse objective) recover a held-out ultrasound-MR pair from an 8 deg / 8 mm start."""
-    from disa.evaluate import transform_points
     from disa.registration import register
     from disa.sample_data import rigid_matrix
     from disa.similarity.disa import DISA
@@ -59,17 +65,16 @@ def test_the_oracle_registers_a_heldout_pair_through_the_disa_path(case):
     fixed, moving, points, q = case.fixed, case.moving, case.points, case.q
     move = rigid_matrix([8.0, -5.0, 4.0], [8.0, -6.0, 5.0], moving.center())
     truth = move @ np.linalg.inv(q)
-    start_error = np.linalg.norm(transform_points(np.eye(4), points) - transform_points(truth, points), axis=1).mean()
+    start_error = _point_error(np.eye(4), truth, points)
     result = register(fixed, move_image(moving, move), metric=DISA(model=MINDOracle(), cache=DescriptorCache(), stride=2),
                       device="cpu", seed=0, search="local")
-    error = np.linalg.norm(transform_points(result.matrix, points) - transform_points(truth, points), axis=1).mean()
+    error = _point_error(result.matrix, truth, points)
     assert start_error > 10.0 and error < 3.0, (start_error, error)
 
 
 def test_the_shipped_weights_register_a_heldout_pair(case):
     """The shipped DISA-LC² weights register a held-out ultrasound-MR pair (never seen in
     training, never used to choose them) to within 3 mm, started 8 deg and 8 mm off."""
-    from disa.evaluate import transform_points
     from disa.registration import register
     from disa.sample_data import rigid_matrix
 
@@ -77,7 +82,7 @@ def test_the_shipped_weights_register_a_heldout_pair(case):
     move = rigid_matrix([8.0, 0.0, 0.0], [0.0, 8.0, 0.0], moving.center())
     truth = move @ np.linalg.inv(q)
     result = register(fixed, move_image(moving, move), metric="disa", device="cpu", seed=0, threads=1)
-    error = np.linalg.norm(transform_points(result.matrix, points) - transform_points(truth, points), axis=1).mean()
+    error = _point_error(result.matrix, truth, points)
     assert error < 3.0, error
 
 
@@ -85,7 +90,6 @@ def test_the_shipped_weights_register_the_heldout_ct_mr_pair_with_the_ct_fixed()
     """With the CT fixed, DISA-LC² weighted by LC²'s 5-voxel patch variance let the skull decide
     and ended 35 mm off from this 12 mm start; weighted by the regional variance (24 voxels) it
     ends within 2 mm (0.71 mm when measured)."""
-    from disa.evaluate import transform_points
     from disa.registration import register
     from disa.sample_data import rigid_matrix
     from disa.train.heldout import heldout_case
@@ -95,8 +99,7 @@ def test_the_shipped_weights_register_the_heldout_ct_mr_pair_with_the_ct_fixed()
     move = rigid_matrix([10.0, -8.0, 6.0], [6.0, -5.0, 4.0], ct_t1.moving.center())
     truth = move @ np.linalg.inv(ct_t1.q)
     result = register(ct_t1.fixed, move_image(ct_t1.moving, move), metric="disa", device="cpu", seed=0, threads=1)
-    error = np.linalg.norm(transform_points(result.matrix, ct_t1.points) - transform_points(truth, ct_t1.points),
-                           axis=1).mean()
+    error = _point_error(result.matrix, truth, ct_t1.points)
     assert error < 2.0, error
 
 
@@ -146,7 +149,6 @@ def test_train_resume_and_select_end_to_end(tmp_path):
 def _from_the_truth(index: int, model=None, search: str = "local", spacings=(1.0,), **disa_options) -> float:
     """Mean point error (mm) of a DISA run on held-out pair ``index`` started at the truth;
     ``model``: the descriptor module (default: the MIND-SSC oracle)."""
-    from disa.evaluate import transform_points
     from disa.registration import register
     from disa.similarity.disa import DISA
     from disa.train.heldout import heldout_case
@@ -156,8 +158,7 @@ def _from_the_truth(index: int, model=None, search: str = "local", spacings=(1.0
     metric = DISA(model=MINDOracle() if model is None else model, cache=DescriptorCache(), **disa_options)
     result = register(case.fixed, case.moving, metric=metric, device="cpu", seed=0, search=search,
                       initial=truth, spacings=None if spacings is None else list(spacings), threads=1)
-    return float(np.linalg.norm(transform_points(result.matrix, case.points)
-                                - transform_points(truth, case.points), axis=1).mean())
+    return _point_error(result.matrix, truth, case.points)
 
 
 def test_jittered_sampling_frees_the_optimum_from_lattice_coincidence():

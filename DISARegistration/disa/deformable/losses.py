@@ -47,6 +47,8 @@ class DenseTerm:
     moving_valid: torch.Tensor
     spacing: Tuple[float, float, float] = (1.0, 1.0, 1.0)
     extra: Dict[str, object] = field(default_factory=dict)
+    #: "fixed"/"moving": (1, C + 1, Z, Y, X) features with the content mask as a last channel
+    stacks: Dict[str, torch.Tensor] = field(init=False, repr=False)
 
     def score(self, reference: torch.Tensor, warped: torch.Tensor, region: torch.Tensor,
               backward: bool = False) -> torch.Tensor:
