@@ -103,6 +103,46 @@ def test_the_shipped_weights_register_the_heldout_ct_mr_pair_with_the_ct_fixed()
     assert error < 2.0, error
 
 
+def test_the_shipped_weights_register_a_fine_heldout_pair_at_its_own_scale():
+    """A held-out ultrasound pair rendered at 0.5 mm (a 36-44 mm fan, as intra-operative
+    ultrasound is stored): the automatic levels go down to 0.5 mm for such a small fan and end
+    within 1.5 mm; one 1 mm level, the working scale before, ends more than a millimetre further
+    off (from this 8.5 mm start: 0.57 against 2.93 mm when measured)."""
+    from disa.registration import register
+    from disa.sample_data import rigid_matrix
+    from disa.similarity.disa import DISA
+    from disa.train.heldout import heldout_case
+
+    case = heldout_case(5, DATA, "fine")
+    assert case.name == "colin27-us-t1-0.5mm" and np.allclose(case.fixed.spacing, 0.5)
+    move = rigid_matrix([6.0, -5.0, 4.0], [5.0, -4.0, 3.0], case.moving.center())
+    truth, moved = move @ np.linalg.inv(case.q), move_image(case.moving, move)
+    errors = {}
+    for label, spacings in (("automatic", None), ("1 mm", [1.0])):
+        result = register(case.fixed, moved, metric=DISA(cache=DescriptorCache()), device="cpu", seed=0, threads=1,
+                          spacings=spacings)
+        errors[label] = _point_error(result.matrix, truth, case.points)
+        if spacings is None:
+            assert [lv.spacing for lv in result.levels][-1] == 0.5
+    assert errors["automatic"] < 1.5 and errors["1 mm"] > errors["automatic"] + 1.0, errors
+
+
+def test_the_fine_heldout_check_registers_and_names_its_pairs():
+    """``scale="fine"`` runs the 0.5 mm ultrasound pairs (the MIND-SSC oracle through the DISA
+    path, started at the truth, stays within 1 mm: 0.34 mm when measured); an unknown scale and a
+    pair that has no fine form are refused."""
+    from disa.errors import InputError
+    from disa.train.heldout import FINE_PAIRS, heldout_case, heldout_registration
+
+    res = heldout_registration(DATA, (("mind_oracle", MINDOracle()),), pairs=[5], perturbations=1, scale="fine")
+    assert res["scale"] == "fine" and len(res["pairs"]) == len(FINE_PAIRS) == 6
+    assert res["mind_oracle"]["runs"] == ["colin27-us-t1-0.5mm#0"] and res["mind_oracle"]["max_mm"] < 1.0
+    with pytest.raises(InputError, match="scale"):
+        heldout_registration(DATA, ("disa",), scale="coarse")
+    with pytest.raises(InputError, match="no held-out pair 6"):
+        heldout_case(6, DATA, "fine")  # the CT-T1 pair has no ultrasound fan
+
+
 def test_train_resume_and_select_end_to_end(tmp_path):
     """``disa train`` for a few steps writes the curve, snapshots and a checkpoint; --resume goes
     on from the checkpoint; --select registers held-out pairs with the snapshots and writes the

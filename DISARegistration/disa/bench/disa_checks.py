@@ -159,5 +159,16 @@ def heldout_baselines(model: torch.nn.Module, data_dir: str, progress: Callable[
                                            "mind", "lc2"), model=model, progress=progress)
 
 
+def heldout_fine(model: torch.nn.Module, data_dir: str, progress: Callable[[str], None] = lambda m: None) -> dict:
+    """The held-out ultrasound pairs at 0.5 mm (``heldout_registration(..., scale="fine")``): DISA
+    at its automatic levels and at one 1 mm level (the working scale before the fine level),
+    beside the MIND-SSC oracle through the same path and MIND-SSC."""
+    from ..features.mind_oracle import MINDOracle
+    from ..train.heldout import heldout_registration
+
+    return heldout_registration(data_dir, ("disa", ("disa_1mm", model, [1.0]), ("mind_oracle", MINDOracle()), "mind"),
+                                model=model, scale="fine", progress=progress)
+
+
 __all__ = ["approximation", "map_correlation", "time_descriptors", "time_evaluations", "curve_metrics",
-           "heldout_baselines"]
+           "heldout_baselines", "heldout_fine"]

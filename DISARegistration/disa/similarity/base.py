@@ -76,6 +76,10 @@ class Similarity:
     #: Whether the pipeline hands ``prepare`` a moving level sampled finer than the working
     #: spacing (``registration.pipeline.moving_level``; measures that interpolate raw features).
     oversampled_moving = True
+    #: Whether the working spacing follows the fixed image alone, even below the moving image's
+    #: voxel size (``registration.pipeline.default_spacings``): measures that describe both
+    #: images at the fixed level's spacing.
+    fine_from_fixed = False
 
     def prepare(self, fixed: Image, moving: Image) -> Prepared:
         raise NotImplementedError

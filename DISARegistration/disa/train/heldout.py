@@ -15,6 +15,13 @@ Without that, a header-only perturbation leaves the true pose on the fixed latti
 descriptors sampled without interpolation agree exactly and a measure can "snap" to the truth
 (a MIND-SSC descriptor fed through the DISA path scored 0.00 mm that way).
 
+``scale="fine"``: the six ultrasound pairs rendered again at 0.5 mm, as intra-operative
+ultrasound is stored (RESECT: about 0.5 mm): an 80 mm box of the template around a seeded
+point inside the brain, upsampled to 0.5 mm, so that speckle, blur and fan depth (in voxels)
+give fans of 30-55 mm with 0.5 mm detail; the MR-like moving volume on the same grid, 12 mm
+larger on every side. What this checks is DISA's working scale on small fans (Case 24's is
+47 mm), which the 1 mm pairs cannot: the fine level of ``DISA.fine_spacing`` was chosen on it.
+
 Per pair: one run started at the truth, ``perturbations - 1`` from seeded rigid perturbations
 (rotations up to ``max_rotation`` degrees per component, translations up to
 ``max_translation`` mm). The error of a run is the mean distance, over ~500 fixed foreground
@@ -38,6 +45,11 @@ HELDOUT_SEED = 990001
 CROP_MM = 96
 #: Extra field of view (mm) of the moving volume of the MR/CT pairs on every side.
 MOVING_MARGIN = 24
+#: Pairs of the fine-scale check (``scale="fine"``: the ultrasound ones), its voxel size (mm) and
+#: the side (1 mm template voxels) of the template box it upsamples.
+FINE_PAIRS = tuple(i for i, p in enumerate(HELDOUT_PAIRS) if p[1] == "us")
+FINE_SPACING, FINE_BOX = 0.5, 80
+SCALES = ("standard", "fine")
 #: Targets of the DISA-network issue.
 TARGET_MEDIAN_MM, TARGET_SHARE_2MM = 2.0, 0.75
 
@@ -57,15 +69,19 @@ class HeldoutCase:
     name: str
 
 
-@lru_cache(maxsize=len(HELDOUT_PAIRS))
-def heldout_case(index: int, data_dir: str) -> HeldoutCase:
-    """Held-out pair ``index`` (see ``HELDOUT_PAIRS``), rendered from the templates once per
-    process (checkpoint selection registers every candidate on the same pairs; registration
-    never modifies its inputs). Rendered on one thread: the same pair on every machine."""
+@lru_cache(maxsize=2 * len(HELDOUT_PAIRS))
+def heldout_case(index: int, data_dir: str, scale: str = "standard") -> HeldoutCase:
+    """Held-out pair ``index`` (see ``HELDOUT_PAIRS``; ``scale="fine"``: one of ``FINE_PAIRS``
+    at 0.5 mm), rendered from the templates once per process (checkpoint selection registers
+    every candidate on the same pairs; registration never modifies its inputs). Rendered on one
+    thread: the same pair on every machine."""
+    from ..errors import InputError
     from ..threads import torch_threads
 
+    if scale not in SCALES or (scale == "fine" and index not in FINE_PAIRS):
+        raise InputError(f"no held-out pair {index} at scale {scale!r}")
     with torch_threads(1):
-        return _render_case(index, data_dir)
+        return _render_case(index, data_dir) if scale == "standard" else _render_fine_case(index, data_dir)
 
 
 def _render_case(index: int, data_dir: str) -> HeldoutCase:
@@ -104,15 +120,60 @@ def _render_case(index: int, data_dir: str) -> HeldoutCase:
     return HeldoutCase(fixed, moving, points, q, a, "-".join(HELDOUT_PAIRS[index]))
 
 
+def _render_fine_case(index: int, data_dir: str) -> HeldoutCase:
+    from scipy import ndimage
+
+    from ..sample_data import rigid_matrix
+    from ..spatial import Image
+    from ..spatial.image import resample_image
+    from .synth import Template, appearance, corrupt, crop_box, load_template, normalize, simulate_ultrasound
+
+    template, _, moving_app = HELDOUT_PAIRS[index]
+    seed, h, half = HELDOUT_SEED + index, FINE_SPACING, FINE_BOX // 2
+    tpl = load_template(data_dir, template)
+    rng = np.random.default_rng([seed, 5])  # streams of their own: not the 1 mm pair's draws
+    inside = np.argwhere(ndimage.binary_erosion(tpl.brain, iterations=20))
+    c = inside[rng.integers(len(inside))]
+    box = tuple(slice(max(0, int(v) - half), int(v) + half) for v in c)
+    zoom = int(round(1.0 / h))
+
+    def up(x, order):
+        return ndimage.zoom(x, zoom, order=order)
+
+    small = Template(tpl.name, up(tpl.t1[box], 1).astype(np.float32),
+                     {k: np.clip(up(v[box], 1), 0, 1).astype(np.float32) for k, v in tpl.tissues.items()},
+                     None if tpl.labels is None else up(tpl.labels[box], 0),
+                     up(tpl.brain[box].astype(np.uint8), 0) > 0)
+    rng = np.random.default_rng(seed)
+    a, _ = normalize(corrupt(appearance(small, moving_app, rng), rng))
+    b_raw, fan = simulate_ultrasound(small, rng)
+    b, mask = normalize(corrupt(b_raw, rng, mask=fan), fan)
+    fb = crop_box(fan, 24)
+    b, mask = b[fb], mask[fb]
+    lo = np.array([sl.start for sl in fb])
+    mlo = np.clip(lo - 24, 0, None)  # the moving (pre-operative) volume sees 12 mm more per side
+    a = a[tuple(slice(int(l), int(sl.stop) + 24) for l, sl in zip(mlo, fb))]
+    fixed = Image.from_array(b, spacing=(h, h, h), mask=torch.from_numpy(np.ascontiguousarray(mask))[None])
+    moving = Image.from_array(a, spacing=(h, h, h), origin=((mlo - lo)[::-1] * h).astype(np.float64))
+    rq = np.random.default_rng([seed, 1])
+    q = rigid_matrix(rq.uniform(-4, 4, 3), rq.uniform(-1.5, 1.5, 3), moving.center())
+    moving = resample_image(moving, moving, q)
+    moving.mask = None
+    fg = np.argwhere(mask)
+    points = fg[:: max(1, len(fg) // 500)][:, ::-1].astype(np.float64) * h  # voxel (x, y, z) * h = LPS
+    return HeldoutCase(fixed, moving, points, q, a, "-".join(HELDOUT_PAIRS[index]) + "-0.5mm")
+
+
 def heldout_registration(data_dir: str, metrics: Sequence = ("disa",), model: Optional[torch.nn.Module] = None,
                          perturbations: int = 3, max_rotation: float = 20.0, max_translation: float = 10.0,
-                         pairs: Optional[Sequence[int]] = None, search: str = "global",
+                         pairs: Optional[Sequence[int]] = None, search: str = "global", scale: str = "standard",
                          progress: Callable[[str], None] = lambda m: None) -> dict:
-    """Errors (mm) of each metric on the held-out pairs. ``metrics``: names for ``register``, or
-    ``(label, module)`` pairs registered with DISA-LC² on that descriptor module (a network, the
-    :class:`~disa.features.mind_oracle.MINDOracle`); "disa" uses ``model`` (None: the shipped
-    weights). Each DISA run gets a private descriptor cache. Pairs whose template is missing
-    are skipped and listed."""
+    """Errors (mm) of each metric on the held-out pairs (``scale``: "standard" or "fine").
+    ``metrics``: names for ``register``, or ``(label, module)`` pairs registered with DISA-LC² on
+    that descriptor module (a network, the :class:`~disa.features.mind_oracle.MINDOracle`; None:
+    the shipped weights), optionally ``(label, module, spacings)`` at fixed working spacings;
+    "disa" uses ``model`` (None: the shipped weights). Each DISA run gets a private descriptor
+    cache. Pairs whose template is missing are skipped and listed."""
     from ..errors import InputError
     from ..evaluate import transform_points
     from ..features.descriptors import DescriptorCache
@@ -123,9 +184,11 @@ def heldout_registration(data_dir: str, metrics: Sequence = ("disa",), model: Op
     labels = [m[0] if isinstance(m, tuple) else str(m) for m in metrics]
     out: dict = {label: {"errors_mm": [], "seconds": [], "runs": []} for label in labels}
     skipped = []
-    for i in (range(len(HELDOUT_PAIRS)) if pairs is None else pairs):
+    if scale not in SCALES:
+        raise InputError(f"unknown held-out scale {scale!r}; choose from {', '.join(SCALES)}")
+    for i in ((range(len(HELDOUT_PAIRS)) if scale == "standard" else FINE_PAIRS) if pairs is None else pairs):
         try:
-            case = heldout_case(i, data_dir)
+            case = heldout_case(i, data_dir, scale)
         except InputError as exc:
             skipped.append(f"{'-'.join(HELDOUT_PAIRS[i])}: {exc}")
             continue
@@ -136,14 +199,16 @@ def heldout_registration(data_dir: str, metrics: Sequence = ("disa",), model: Op
             moved = move_image(moving, move)
             truth = move @ np.linalg.inv(q)
             for label, m in zip(labels, metrics):
+                spacings = None
                 if isinstance(m, tuple):
                     metric = DISA(model=m[1], cache=DescriptorCache())
+                    spacings = m[2] if len(m) > 2 else None
                 else:
                     metric = DISA(model=model, cache=DescriptorCache()) if m == "disa" else m
                 t0 = time.perf_counter()
                 # one thread: a result depends on the thread count, and this check must give
                 # the same numbers on every machine
-                r = register(fixed, moved, metric=metric, device="cpu", seed=0, search=search,
+                r = register(fixed, moved, metric=metric, device="cpu", seed=0, search=search, spacings=spacings,
                              initial=truth if k == 0 else None, threads=1)
                 err = float(np.linalg.norm(transform_points(r.matrix, points) - transform_points(truth, points),
                                            axis=1).mean())
@@ -158,9 +223,11 @@ def heldout_registration(data_dir: str, metrics: Sequence = ("disa",), model: Op
                       max_mm=float(e.max()) if e.size else float("nan"),
                       share_below_2mm=float((e < 2.0).mean()) if e.size else float("nan"),
                       passes=bool(e.size and np.median(e) <= TARGET_MEDIAN_MM and (e < 2.0).mean() >= TARGET_SHARE_2MM))
-    out.update(pairs=["-".join(p) for p in HELDOUT_PAIRS], skipped=skipped, perturbations=perturbations,
+    names = [HELDOUT_PAIRS[i] for i in (FINE_PAIRS if scale == "fine" else range(len(HELDOUT_PAIRS)))]
+    out.update(pairs=["-".join(p) for p in names], scale=scale, skipped=skipped, perturbations=perturbations,
                max_rotation=max_rotation, max_translation=max_translation, search=search)
     return out
 
 
-__all__ = ["HELDOUT_PAIRS", "HELDOUT_SEED", "HeldoutCase", "heldout_case", "heldout_registration"]
+__all__ = ["HELDOUT_PAIRS", "HELDOUT_SEED", "FINE_PAIRS", "FINE_SPACING", "SCALES", "HeldoutCase", "heldout_case",
+           "heldout_registration"]

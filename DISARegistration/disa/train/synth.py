@@ -122,7 +122,7 @@ def _read(path: str) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(path)).astype(np.float32)
 
 
-def _crop_box(mask: np.ndarray, margin: int) -> Tuple[slice, slice, slice]:
+def crop_box(mask: np.ndarray, margin: int) -> Tuple[slice, slice, slice]:
     idx = np.argwhere(mask)
     lo = np.maximum(idx.min(0) - margin, 0)
     hi = np.minimum(idx.max(0) + margin + 1, mask.shape)
@@ -188,7 +188,7 @@ def load_template(data_dir: str, name: str) -> Template:
                    (("csf", csf), ("gm", gm), ("wm", wm))}
     else:
         raise InputError(f"unknown template {name!r}; choose from {', '.join(TEMPLATES)}")
-    box = _crop_box(brain, 24)
+    box = crop_box(brain, 24)
     t1, brain = t1[box], brain[box]
     tissues = {k: v[box].astype(np.float32) for k, v in tissues.items()}
     if labels is not None:
@@ -425,7 +425,7 @@ def make_pair(spec: PairSpec, data_dir: Optional[str] = None, min_size: int = 40
             b, mb = normalize(corrupt(b_raw, rng, mask=fan), fan)
             # keep the fan's neighbourhood only: B centres lie in the fan, and a smaller A
             # makes scoring candidates cheaper
-            box = _crop_box(fan, 24)
+            box = crop_box(fan, 24)
             a, b, mb = _fit_shape(a[box], min_size), _fit_shape(b[box], min_size), _fit_shape(mb[box], min_size, False)
         else:
             b, _ = normalize(corrupt(appearance(tpl, spec.appearance_b, rng), rng))
