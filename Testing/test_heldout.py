@@ -139,6 +139,8 @@ def test_the_fine_heldout_check_registers_and_names_its_pairs():
     assert res["mind_oracle"]["runs"] == ["colin27-us-t1-0.5mm#0"] and res["mind_oracle"]["max_mm"] < 1.0
     with pytest.raises(InputError, match="scale"):
         heldout_registration(DATA, ("disa",), scale="coarse")
+    with pytest.raises(InputError, match="pairs 0, 1, 2, 3, 4, 5 only"):
+        heldout_registration(DATA, ("disa",), pairs=[6], scale="fine")
     with pytest.raises(InputError, match="no held-out pair 6"):
         heldout_case(6, DATA, "fine")  # the CT-T1 pair has no ultrasound fan
 

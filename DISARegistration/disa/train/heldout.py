@@ -186,6 +186,8 @@ def heldout_registration(data_dir: str, metrics: Sequence = ("disa",), model: Op
     skipped = []
     if scale not in SCALES:
         raise InputError(f"unknown held-out scale {scale!r}; choose from {', '.join(SCALES)}")
+    if scale == "fine" and pairs is not None and not set(pairs) <= set(FINE_PAIRS):
+        raise InputError(f"the fine held-out check has pairs {', '.join(map(str, FINE_PAIRS))} only")
     for i in ((range(len(HELDOUT_PAIRS)) if scale == "standard" else FINE_PAIRS) if pairs is None else pairs):
         try:
             case = heldout_case(i, data_dir, scale)
