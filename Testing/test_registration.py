@@ -141,19 +141,24 @@ def test_disa_levels_keep_48_coarse_voxels_across_the_content():
     search runs) no coarser than the content over 48 voxels or twice the fine spacing: a 70 mm
     fan gets 1.46 and 1 mm, a 10 cm one 2 and 1 mm. Content under 64 mm across gets the fixed
     image's own spacing down to 0.5 mm (0.83 and 0.5 mm for a 40 mm fan at 0.5 mm), also when
-    the moving image is coarser; a 1 mm fixed image keeps one 1 mm level. Other measures keep
-    twice their fine spacing and never go below either image's voxels."""
+    the moving image is coarser, unless the moving image would hold more than 2^24 voxels there
+    (a whole-head MR: one 1 mm level, as before); a 1 mm fixed image keeps one 1 mm level.
+    Other measures keep twice their fine spacing and never go below either image's voxels."""
     from disa.registration.pipeline import default_spacings
     from disa.similarity.disa import DISA
     from disa.similarity.mind import MIND
     from disa.spatial.image import VolumeInfo
 
     grid = VolumeInfo((256, 256, 256), (0.5, 0.5, 0.5))  # a 128 mm box; the content extents vary
-    mr = VolumeInfo((128, 128, 128), (1.0, 1.0, 1.0))
+    mr = VolumeInfo((128, 128, 128), (1.0, 1.0, 1.0))  # 2^24 voxels at 0.5 mm: still described there
+    head = VolumeInfo((256, 256, 180), (1.0, 1.0, 1.0))
+    thin_head = VolumeInfo((512, 512, 180), (0.45, 0.45, 1.0))
     fine = VolumeInfo((64, 64, 64), (0.3, 0.3, 0.3))
     assert default_spacings(grid, grid, DISA, 40.0) == [0.83, 0.5]
     assert default_spacings(grid, mr, DISA, 40.0) == [0.83, 0.5]
     assert default_spacings(fine, mr, DISA, 19.2) == [0.5]
+    assert default_spacings(grid, head, DISA, 40.0) == [1.0]
+    assert default_spacings(grid, thin_head, DISA, 40.0) == [1.0]
     assert default_spacings(mr, mr, DISA, 40.0) == [1.0]
     assert default_spacings(grid, grid, DISA, 70.0) == [1.46, 1.0]
     assert default_spacings(grid, grid, DISA, 100.0) == [2.0, 1.0]

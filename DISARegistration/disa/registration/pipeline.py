@@ -69,14 +69,13 @@ def default_spacings(fixed: Union[Image, Volume], moving: Union[Image, Volume],
     """Two levels, coarse then fine (one where the similarity's coarse spacing is not coarser).
     The fine spacing is the similarity's choice for the smaller
     of the fixed content (``content_extent``, mm: the fixed mask's bounding box; default the
-    whole grid) and the moving grid, never finer than the images (than the fixed image for
-    measures with ``fine_from_fixed``): about 48 voxels across for most measures; DISA works at
-    the scale its network was trained at, finer for small content (see ``DISA.fine_spacing``)."""
+    whole grid) and the moving grid (``Similarity.working_spacing``), never finer than the
+    images: about 48 voxels across for most measures; DISA works at the scale its network was
+    trained at, at the fixed image's own spacing for small content (see ``DISA.fine_spacing``)."""
     f, m = Volume.of(fixed), Volume.of(moving)
     measure = similarity or Similarity()
-    finest = float(min(f.spacing) if measure.fine_from_fixed else max(min(f.spacing), min(m.spacing)))
     extent = float(min(f.extent().min() if content_extent is None else content_extent, m.extent().min()))
-    fine = float(np.round(measure.fine_spacing(finest, extent), 2)) or finest
+    fine = float(np.round(measure.working_spacing(f, m, extent), 2)) or float(min(f.spacing))
     coarse = float(np.round(measure.coarse_spacing(fine, extent), 2))
     return [coarse, fine] if coarse > fine else [fine]
 

@@ -76,10 +76,6 @@ class Similarity:
     #: Whether the pipeline hands ``prepare`` a moving level sampled finer than the working
     #: spacing (``registration.pipeline.moving_level``; measures that interpolate raw features).
     oversampled_moving = True
-    #: Whether the working spacing follows the fixed image alone, even below the moving image's
-    #: voxel size (``registration.pipeline.default_spacings``): measures that describe both
-    #: images at the fixed level's spacing.
-    fine_from_fixed = False
 
     def prepare(self, fixed: Image, moving: Image) -> Prepared:
         raise NotImplementedError
@@ -89,6 +85,13 @@ class Similarity:
         """The finest working spacing (mm) by default, for images whose finest voxel is ``finest``
         mm and whose fixed content spans ``extent`` mm: about 48 voxels across the content."""
         return max(finest, extent / 48.0)
+
+    @classmethod
+    def working_spacing(cls, fixed, moving, extent: float) -> float:
+        """The finest working spacing (mm) for these grids (``fixed``, ``moving``: VolumeInfo) and
+        fixed content spanning ``extent`` mm: ``fine_spacing`` at the coarser of the two images'
+        finest voxels, so never finer than either image."""
+        return cls.fine_spacing(float(max(min(fixed.spacing), min(moving.spacing))), extent)
 
     @classmethod
     def coarse_spacing(cls, fine: float, extent: float) -> float:
