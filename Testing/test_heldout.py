@@ -181,11 +181,16 @@ def test_train_resume_and_select_end_to_end(tmp_path):
     from disa.train.select import select_checkpoint
 
     record = select_checkpoint(str(run), DATA, str(tmp_path / "chosen.pt"), candidates=2, pairs=[1], perturbations=1,
-                               progress=lambda m: None)
+                               fine=True, fine_pairs=[5], progress=lambda m: None)
     assert record["chosen"]["step"] in (4, 6) and len(record["candidates"]) == 2
+    # the 0.5 mm check is recorded per candidate; the choice is the standard check's
+    assert all(c["fine"]["runs"] == ["colin27-us-t1-0.5mm#0"] and np.isfinite(c["fine"]["median_mm"])
+               for c in record["candidates"])
+    assert record["chosen"] == min(record["candidates"], key=lambda c: (c["median_mm"], -c["share_below_2mm"]))
     model, meta = load_weights(tmp_path / "chosen.pt")  # checked against its card
     assert "Case 24 never" in meta["checkpoint_selection"]["method"]
     assert meta["checkpoint_selection"]["chosen"] == record["chosen"]["snapshot"]
+    assert "fine" in meta["checkpoint_selection"]["candidates"][0]
 
 
 def _from_the_truth(index: int, model=None, search: str = "local", spacings=(1.0,), **disa_options) -> float:

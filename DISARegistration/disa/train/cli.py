@@ -77,6 +77,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="register the held-out pairs with the last snapshots of OUTPUT_DIR and write the best as "
                         "OUTPUT_DIR/disa_lc2.pt with its model card (never looks at RESECT Case 24)")
     s.add_argument("--candidates", type=int, default=4, help="snapshots tried by --select (default the last 4)")
+    s.add_argument("--fine-check", action="store_true",
+                   help="--select also registers the held-out ultrasound pairs rendered at 0.5 mm and records them "
+                        "per snapshot (the choice stays the standard check's)")
     g = p.add_argument_group("the paper's recipe (--paper): 33^3 patch pairs, centre-voxel loss, needs a GPU")
     g.add_argument("--paper", action="store_true", help="train on patch-pair shards in --data instead")
     g.add_argument("--data", metavar="DIR", help="folder of patch-pair shards (*.npz); built there with --build")
@@ -114,7 +117,8 @@ def run_from_args(args) -> int:
         from .select import select_checkpoint
 
         out = os.path.join(args.output_dir, "disa_lc2.pt")
-        rec = select_checkpoint(args.output_dir, args.source_dir, out, args.candidates, progress=say)
+        rec = select_checkpoint(args.output_dir, args.source_dir, out, args.candidates, fine=args.fine_check,
+                                progress=say)
         best = rec["chosen"]
         print(f"chose {best['snapshot']}: held-out median {best['median_mm']:.2f} mm, "
               f"{100 * best['share_below_2mm']:.0f}% under 2 mm ({'passes' if best['passes'] else 'fails'} the "
