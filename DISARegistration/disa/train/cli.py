@@ -57,6 +57,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--mix", type=float, nargs=3, metavar=("SYN", "US_SELF", "US_TEMPLATE"),
                    help="shares of the training volume pairs: synthetic, real ultrasound with a remapped copy of "
                         "itself, real ultrasound with an unrelated template (default 0.7 0.15 0.15)")
+    d.add_argument("--fine-us-share", type=float,
+                   help="share of the real-ultrasound self pairs rendered at the ultrasound's own 0.5 mm (crops at "
+                        "0.5 mm per voxel; from the source folder, not packed sources; default 0)")
     d.add_argument("--max-offset", type=float, help="largest shift (crop voxels) of misaligned crops (default 12)")
     d.add_argument("--pool-size", type=int, default=None, help="volume pairs held at once (default 48 on CUDA, 12 on the CPU)")
     d.add_argument("--refresh-every", type=int,
@@ -135,7 +138,7 @@ def run_from_args(args) -> int:
              "lc2": args.lc2_weight, "distill": args.distill, "distill_until": args.distill_until,
              "norm_penalty": args.norm_penalty, "clip_grad": args.clip_grad, "shifts": args.shifts,
              "weighting": args.weighting, "aligned_fraction": args.aligned_fraction, "max_offset": args.max_offset,
-             "mix": args.mix, "pool_size": args.pool_size, "refresh_every": args.refresh_every, "render_workers": args.render_workers,
+             "mix": args.mix, "fine_us_share": args.fine_us_share, "pool_size": args.pool_size, "refresh_every": args.refresh_every, "render_workers": args.render_workers,
              "eval_every": args.eval_every, "curve_pairs": args.curve_pairs, "curve_crops": args.curve_crops,
              "seed": args.seed, "precision": args.precision, "channels_last": args.channels_last,
              "threads": args.threads,

@@ -40,7 +40,7 @@ from ..registration.pipeline import resolve_device
 from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint, save_snapshot
 from .crops import PoolEntry, VolumeAtlas, sample_crop_pairs
 from .curve import CROP, FIRST, CurveSet, last_output, output_weights, write_curve
-from .sources import DEFAULT_MIX, KINDS, curve_pair_jobs, curve_pairs, render_pair, training_us_files
+from .sources import DEFAULT_MIX, DEFAULT_SCALES, KINDS, curve_pair_jobs, curve_pairs, render_pair, training_us_files
 from .synth import TEMPLATES, load_template
 from .targets import dense_targets
 
@@ -69,6 +69,8 @@ class TrainConfig:
     max_offset: float = 12.0
     # Shares of the kinds of training volume pairs (sources.KINDS: synthetic, us-self, us-template).
     mix: tuple = DEFAULT_MIX
+    # Share of the us-self pairs rendered at the ultrasound's own 0.5 mm (sources.FINE_US_SPACING).
+    fine_us_share: float = 0.0
     pool_size: int = 12
     refresh_every: int = 30
     render_workers: int = 0
@@ -102,6 +104,8 @@ class TrainConfig:
         mix = [float(x) for x in self.mix]
         if len(mix) != len(KINDS) or not all(math.isfinite(x) and x >= 0 for x in mix) or sum(mix) <= 0:
             raise InputError(f"--mix takes {len(KINDS)} shares >= 0 ({', '.join(KINDS)}) that do not all vanish")
+        if not 0.0 <= float(self.fine_us_share) <= 1.0:
+            raise InputError("--fine-us-share must lie in [0, 1]")
         if not 0.0 <= self.aligned_fraction <= 1.0:
             raise InputError("--aligned-fraction must lie in [0, 1]")
         if self.weighting not in ("variance", "none"):
@@ -116,7 +120,7 @@ class TrainConfig:
 #: workers, pool size) belong to the machine and are taken from the resuming call.
 RECIPE = ("steps", "batch_pairs", "crop", "lr", "min_lr", "weight_decay", "warmup_steps", "lc2", "distill",
           "distill_until", "norm_penalty", "clip_grad", "shifts", "weighting", "aligned_fraction", "max_offset",
-          "mix", "refresh_every", "eval_every", "curve_pairs", "curve_crops", "seed", "precision")
+          "mix", "fine_us_share", "refresh_every", "eval_every", "curve_pairs", "curve_crops", "seed", "precision")
 #: Defaults that depend on the training device (the rest are TrainConfig's own).
 DEVICE_DEFAULTS = {"cuda": {"batch_pairs": 32, "pool_size": 48, "eval_every": 500},
                    "cpu": {"batch_pairs": 2, "pool_size": 12, "eval_every": 100, "render_workers": 0}}
@@ -205,7 +209,8 @@ class Pool:
         mix = [float(x) for x in self.config.mix]
         if abs(sum(mix) - 1.0) > 1e-9:  # shares as given; the default stream is drawn with them unchanged
             mix = [x / sum(mix) for x in mix]
-        args = (self.config.source_dir, self.config.seed, i, self.us_files, tuple(mix))
+        args = (self.config.source_dir, self.config.seed, i, self.us_files, tuple(mix), DEFAULT_SCALES,
+                float(self.config.fine_us_share))
         return self.executor.submit(render_pair, *args) if self.executor else render_pair(*args)
 
     def _put(self, slot: int, pair) -> None:

@@ -32,7 +32,7 @@ from scipy import ndimage
 from ..spatial.image import anti_alias_sigma
 from ..threads import torch_threads
 from .heldout import HELDOUT_PAIRS, HELDOUT_SEED
-from .synth import (A_APPEARANCES, TEMPLATES, PairSpec, VolumePair, corrupt, load_ultrasound, make_pair,
+from .synth import (A_APPEARANCES, SPACING, TEMPLATES, PairSpec, VolumePair, corrupt, load_ultrasound, make_pair,
                     normalize, random_curve, ultrasound_files)
 from .targets import RADII
 
@@ -42,6 +42,9 @@ CURVE_US = ("Case26", "Case27")
 KINDS = ("synthetic", "us-self", "us-template")
 DEFAULT_MIX = (0.7, 0.15, 0.15)
 DEFAULT_SCALES = ((1.0, 0.5), (1.5, 0.25), (2.0, 0.25))
+#: Voxel size (mm) of the fine us-self pairs (``fine_share``): RESECT's own, where Case 24's LC²
+#: optimum moves from 2.5 to 1.9 mm; their crops are cut at that step (crop scale 0.5 mm).
+FINE_US_SPACING = 0.5
 #: Crop centres per pair, and the share of them drawn anywhere (background, borders).
 CENTRES, ANYWHERE = 4096, 0.15
 
@@ -67,10 +70,11 @@ class RenderedPair:
     name: str
 
 
-def self_pair(path: str, seed: int) -> VolumePair:
-    """Real ultrasound (B) and an intensity-remapped, smoothed copy of it (A) on one grid."""
+def self_pair(path: str, seed: int, spacing: float = SPACING) -> VolumePair:
+    """Real ultrasound (B) and an intensity-remapped, smoothed copy of it (A) on one grid of
+    ``spacing`` mm."""
     rng = np.random.default_rng(seed)
-    b, fan = load_ultrasound(path)
+    b, fan = load_ultrasound(path, spacing)
     smooth = ndimage.gaussian_filter(b, rng.uniform(0.7, 2.0))
     a = random_curve(smooth, rng, monotone=rng.uniform() < 0.5) * fan
     a, _ = normalize(corrupt(a, rng, mask=fan), fan)
@@ -114,31 +118,38 @@ def _synthetic_spec(rng: np.random.Generator, seed: int) -> PairSpec:
 
 
 def render_pair(data_dir: str, seed: int, index: int, us_files: Sequence[str], mix=DEFAULT_MIX,
-                scales=DEFAULT_SCALES) -> RenderedPair:
+                scales=DEFAULT_SCALES, fine_share: float = 0.0) -> RenderedPair:
     """Pair ``index`` of the stream ``seed``: a pure function of its arguments (background
     processes can render it), on one thread so that it does not depend on the trainer's count
-    (parallel sums round differently, and the crop centres are drawn from those values)."""
+    (parallel sums round differently, and the crop centres are drawn from those values).
+    ``fine_share``: the share of us-self pairs rendered at ``FINE_US_SPACING`` (crops at 0.5 mm
+    per voxel instead of 1-2 mm)."""
     with torch_threads(1):
-        return _render_pair(data_dir, seed, index, us_files, mix, scales)
+        return _render_pair(data_dir, seed, index, us_files, mix, scales, fine_share)
 
 
-def _render_pair(data_dir, seed, index, us_files, mix, scales) -> RenderedPair:
+def _render_pair(data_dir, seed, index, us_files, mix, scales, fine_share=0.0) -> RenderedPair:
     rng = np.random.default_rng([int(seed), int(index)])
     sub = int(rng.integers(2 ** 31))
     if HELDOUT_SEED <= sub < HELDOUT_SEED + len(HELDOUT_PAIRS):
         sub += len(HELDOUT_PAIRS)  # never the held-out check's own recipes
     kind = KINDS[int(rng.choice(3, p=mix))] if us_files else "synthetic"
+    fine = False
     if kind == "synthetic":
         spec = _synthetic_spec(rng, sub)
         pair, name = make_pair(spec, data_dir), spec.name()
     elif kind == "us-self":
         path = us_files[int(rng.integers(len(us_files)))]
-        pair, name = self_pair(path, sub), f"us-self-{os.path.basename(path).split('.')[0]}-{sub}"
+        fine = fine_share > 0 and rng.uniform() < fine_share  # drawn only when asked: the default stream stays
+        pair = self_pair(path, sub, FINE_US_SPACING if fine else SPACING)
+        name = f"us-self-{os.path.basename(path).split('.')[0]}-{sub}" + ("-fine" if fine else "")
     else:
         spec = _template_spec(rng, sub, us_files[int(rng.integers(len(us_files)))])
         pair, name = make_pair(spec, data_dir), spec.name()
     values, probs = zip(*scales)
     scale = float(rng.choice(values, p=np.asarray(probs) / sum(probs)))
+    if fine:  # the volume is at 0.5 mm already: crops at its own voxel step
+        scale = 1.0
     return RenderedPair(band_limit(pair.a, scale).astype(np.float32), band_limit(pair.b, scale).astype(np.float32),
                         crop_centres(pair.a, pair.mask_a, rng), crop_centres(pair.b, pair.mask_b, rng),
                         bool(pair.same_grid), scale, f"{name}@{scale:g}")

@@ -379,21 +379,28 @@ def _fit_shape(x: np.ndarray, minimum: int, value: float = 0.0) -> np.ndarray:
     return np.pad(x, pad, constant_values=value) if any(p[1] for p in pad) else x
 
 
-def load_ultrasound(path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """A real ultrasound volume at 1 mm (anti-aliased), normalized over its fan, and the fan
-    (from the NIfTI file, or from its packed form: :mod:`disa.train.packed`)."""
+def load_ultrasound(path: str, spacing: float = SPACING) -> Tuple[np.ndarray, np.ndarray]:
+    """A real ultrasound volume at ``spacing`` mm (anti-aliased; 1 mm, or finer for the fine
+    us-self pairs), normalized over its fan, and the fan (from the NIfTI file, or from its packed
+    form at 1 mm: :mod:`disa.train.packed`)."""
     check_not_held_out(path)
-    voxels, fan = read_packed_ultrasound(path) if path.endswith(PACKED_SUFFIX) else ultrasound_at_training_grid(path)
+    if path.endswith(PACKED_SUFFIX):
+        if spacing != SPACING:
+            raise InputError(f"packed sources hold the ultrasound at {SPACING:g} mm only: train pairs at "
+                             f"{spacing:g} mm from the source folder")
+        voxels, fan = read_packed_ultrasound(path)
+    else:
+        voxels, fan = ultrasound_at_training_grid(path, spacing)
     return normalize(voxels, fan)
 
 
-def ultrasound_at_training_grid(path: str) -> Tuple[np.ndarray, np.ndarray]:
-    """An ultrasound file resampled to the training grid (1 mm, anti-aliased) and its fan mask
-    (non-zero voxels), before normalization."""
+def ultrasound_at_training_grid(path: str, spacing: float = SPACING) -> Tuple[np.ndarray, np.ndarray]:
+    """An ultrasound file resampled to the training grid (1 mm, or ``spacing``; anti-aliased) and
+    its fan mask (non-zero voxels), before normalization."""
     check_not_held_out(path)
     img = load_image(path, "ultrasound")
     img.mask = foreground_mask(img, "nonzero")
-    img = resample_to_spacing(img, SPACING)
+    img = resample_to_spacing(img, spacing)
     return img.data[0].numpy(), img.mask[0].numpy()
 
 
