@@ -85,9 +85,6 @@ def heldout_case(index: int, data_dir: str, scale: str = "standard") -> HeldoutC
 
 
 def _render_case(index: int, data_dir: str) -> HeldoutCase:
-    from ..sample_data import rigid_matrix
-    from ..spatial import Image
-    from ..spatial.image import resample_image
     from .synth import PairSpec, make_pair
 
     template, fixed_app, moving_app = HELDOUT_PAIRS[index]
@@ -109,23 +106,33 @@ def _render_case(index: int, data_dir: str) -> HeldoutCase:
         a = a[tuple(slice(int(l), int(h) + CROP_MM + MOVING_MARGIN) for l, h in zip(mlo, lo))]
         origin = (mlo - lo)[::-1].astype(np.float64)
         mask = np.ones_like(b, dtype=bool)
-    fixed = Image.from_array(b, mask=torch.from_numpy(np.ascontiguousarray(mask))[None])
-    moving = Image.from_array(a, origin=origin)
-    rng = np.random.default_rng([seed, 1])
+    return _assemble(index, b, mask, a, origin, 1.0, "-".join(HELDOUT_PAIRS[index]))
+
+
+def _assemble(index: int, b: np.ndarray, mask: np.ndarray, a: np.ndarray, origin: np.ndarray, spacing: float,
+              name: str) -> HeldoutCase:
+    """The HeldoutCase of fixed voxels ``b`` (content ``mask``) and moving voxels ``a`` whose grid
+    starts at ``origin`` (mm, in the fixed grid's LPS), both of ``spacing`` mm: the moving
+    volume resliced through the pair's seeded small rigid ``q``, ~500 fixed content points."""
+    from ..sample_data import rigid_matrix
+    from ..spatial import Image
+    from ..spatial.image import resample_image
+
+    h = (spacing,) * 3
+    fixed = Image.from_array(b, spacing=h, mask=torch.from_numpy(np.ascontiguousarray(mask))[None])
+    moving = Image.from_array(a, spacing=h, origin=origin)
+    rng = np.random.default_rng([HELDOUT_SEED + index, 1])
     q = rigid_matrix(rng.uniform(-4, 4, 3), rng.uniform(-1.5, 1.5, 3), moving.center())
     moving = resample_image(moving, moving, q)  # M'(x) = M(Q x)
     moving.mask = None
     fg = np.argwhere(mask)
-    points = fg[:: max(1, len(fg) // 500)][:, ::-1].astype(np.float64)  # unit spacing: voxel (x, y, z) = LPS
-    return HeldoutCase(fixed, moving, points, q, a, "-".join(HELDOUT_PAIRS[index]))
+    points = fg[:: max(1, len(fg) // 500)][:, ::-1].astype(np.float64) * spacing  # voxel (x, y, z) * h = LPS
+    return HeldoutCase(fixed, moving, points, q, a, name)
 
 
 def _render_fine_case(index: int, data_dir: str) -> HeldoutCase:
     from scipy import ndimage
 
-    from ..sample_data import rigid_matrix
-    from ..spatial import Image
-    from ..spatial.image import resample_image
     from .synth import Template, appearance, corrupt, crop_box, load_template, normalize, simulate_ultrasound
 
     template, _, moving_app = HELDOUT_PAIRS[index]
@@ -153,15 +160,8 @@ def _render_fine_case(index: int, data_dir: str) -> HeldoutCase:
     lo = np.array([sl.start for sl in fb])
     mlo = np.clip(lo - 24, 0, None)  # the moving (pre-operative) volume sees 12 mm more per side
     a = a[tuple(slice(int(l), int(sl.stop) + 24) for l, sl in zip(mlo, fb))]
-    fixed = Image.from_array(b, spacing=(h, h, h), mask=torch.from_numpy(np.ascontiguousarray(mask))[None])
-    moving = Image.from_array(a, spacing=(h, h, h), origin=((mlo - lo)[::-1] * h).astype(np.float64))
-    rq = np.random.default_rng([seed, 1])
-    q = rigid_matrix(rq.uniform(-4, 4, 3), rq.uniform(-1.5, 1.5, 3), moving.center())
-    moving = resample_image(moving, moving, q)
-    moving.mask = None
-    fg = np.argwhere(mask)
-    points = fg[:: max(1, len(fg) // 500)][:, ::-1].astype(np.float64) * h  # voxel (x, y, z) * h = LPS
-    return HeldoutCase(fixed, moving, points, q, a, "-".join(HELDOUT_PAIRS[index]) + "-0.5mm")
+    return _assemble(index, b, mask, a, ((mlo - lo)[::-1] * h).astype(np.float64), h,
+                     "-".join(HELDOUT_PAIRS[index]) + "-0.5mm")
 
 
 def heldout_registration(data_dir: str, metrics: Sequence = ("disa",), model: Optional[torch.nn.Module] = None,
@@ -186,9 +186,10 @@ def heldout_registration(data_dir: str, metrics: Sequence = ("disa",), model: Op
     skipped = []
     if scale not in SCALES:
         raise InputError(f"unknown held-out scale {scale!r}; choose from {', '.join(SCALES)}")
+    scale_pairs = FINE_PAIRS if scale == "fine" else tuple(range(len(HELDOUT_PAIRS)))
     if scale == "fine" and pairs is not None and not set(pairs) <= set(FINE_PAIRS):
         raise InputError(f"the fine held-out check has pairs {', '.join(map(str, FINE_PAIRS))} only")
-    for i in ((range(len(HELDOUT_PAIRS)) if scale == "standard" else FINE_PAIRS) if pairs is None else pairs):
+    for i in (scale_pairs if pairs is None else pairs):
         try:
             case = heldout_case(i, data_dir, scale)
         except InputError as exc:
@@ -225,8 +226,7 @@ def heldout_registration(data_dir: str, metrics: Sequence = ("disa",), model: Op
                       max_mm=float(e.max()) if e.size else float("nan"),
                       share_below_2mm=float((e < 2.0).mean()) if e.size else float("nan"),
                       passes=bool(e.size and np.median(e) <= TARGET_MEDIAN_MM and (e < 2.0).mean() >= TARGET_SHARE_2MM))
-    names = [HELDOUT_PAIRS[i] for i in (FINE_PAIRS if scale == "fine" else range(len(HELDOUT_PAIRS)))]
-    out.update(pairs=["-".join(p) for p in names], scale=scale, skipped=skipped, perturbations=perturbations,
+    out.update(pairs=["-".join(HELDOUT_PAIRS[i]) for i in scale_pairs], scale=scale, skipped=skipped, perturbations=perturbations,
                max_rotation=max_rotation, max_translation=max_translation, search=search)
     return out
 

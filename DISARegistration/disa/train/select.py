@@ -36,15 +36,12 @@ def select_checkpoint(run_dir: str, source_dir: str, out_path: str, candidates: 
         model, _ = load_weights(path)
         res = heldout_registration(source_dir, ("disa",), model=model, pairs=pairs, perturbations=perturbations,
                                    progress=progress)["disa"]
-        rec = {"snapshot": os.path.basename(path), "step": step_of(path), "median_mm": res["median_mm"],
-               "share_below_2mm": res["share_below_2mm"], "max_mm": res["max_mm"], "passes": res["passes"],
-               "errors_mm": [round(e, 3) for e in res["errors_mm"]], "runs": res["runs"]}
+        rec = {"snapshot": os.path.basename(path), "step": step_of(path), **_summary(res), "passes": res["passes"]}
         line = f"held-out median {rec['median_mm']:.2f} mm, {100 * rec['share_below_2mm']:.0f}% < 2 mm"
         if fine:
             f = heldout_registration(source_dir, ("disa",), model=model, pairs=fine_pairs, perturbations=perturbations,
                                      scale="fine", progress=progress)["disa"]
-            rec["fine"] = {"median_mm": f["median_mm"], "share_below_2mm": f["share_below_2mm"], "max_mm": f["max_mm"],
-                           "errors_mm": [round(e, 3) for e in f["errors_mm"]], "runs": f["runs"]}
+            rec["fine"] = _summary(f)
             line += f"; at 0.5 mm median {f['median_mm']:.2f} mm, {100 * f['share_below_2mm']:.0f}% < 2 mm"
         records.append(rec)
         progress(f"snapshot step {rec['step']}: {line}")
@@ -64,6 +61,12 @@ def select_checkpoint(run_dir: str, source_dir: str, out_path: str, candidates: 
     meta.update(extra or {})
     digest = save_weights(out_path, model, meta)
     return {"weights": out_path, "sha256": digest, "chosen": best, "candidates": records}
+
+
+def _summary(res: dict) -> dict:
+    """What the selection record keeps of one check's ``heldout_registration`` entry."""
+    return {"median_mm": res["median_mm"], "share_below_2mm": res["share_below_2mm"], "max_mm": res["max_mm"],
+            "errors_mm": [round(e, 3) for e in res["errors_mm"]], "runs": res["runs"]}
 
 
 def _read_curve(run_dir: str) -> dict:
