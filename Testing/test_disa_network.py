@@ -15,7 +15,7 @@ import disa.features.weights as weights_module
 import disa.similarity.disa as disa_module
 from disa.errors import InputError
 from disa.features.descriptors import (DescriptorCache, compute_descriptors, dequantize, normalized_input,
-                                       quantize)
+                                       cpu_bfloat16_supported, quantize)
 from disa.features.network import (PARAMETER_COUNT, BlurPool, DISANet, binomial_kernel, count_parameters,
                                    output_shape, seeded_model)
 from disa.features.weights import load_weights, save_weights
@@ -226,15 +226,31 @@ def test_descriptor_grid_geometry_follows_physical_space():
     torch.testing.assert_close(on_small.data[:, 6:-6, 6:-6, 6:-6], a, atol=1e-4, rtol=0)
 
 
+@pytest.mark.skipif(not cpu_bfloat16_supported(), reason="oneDNN has no bfloat16 convolution on this CPU")
 def test_bfloat16_descriptors_agree_with_float32_within_the_8bit_step():
-    """The CPU default (bfloat16 where the CPU computes it natively) stays within one step of
-    the 8-bit storage; forcing it works on any CPU (emulated where not native)."""
+    """bfloat16 descriptors (on request) stay within one step of the 8-bit storage."""
     model = distinct_model(9)
     img = Image.from_array(smooth_volume((40, 44, 36), seed=9, sigma=1.5))
     exact = compute_descriptors(img, model, dtype=torch.float32).data
     fast = compute_descriptors(img, model, dtype=torch.bfloat16).data
     err = float((fast - exact).abs().max())
     assert 0 < err < 1 / 127, err  # one 8-bit step; 0.002 with the trained weights
+
+
+@pytest.mark.parametrize("stride", [4, 2])
+def test_inference_in_onednn_channels_last_equals_the_training_path(stride):
+    """Inference takes oneDNN in channels-last order (2x faster on a CPU); with gradients on,
+    the same layers run through torch's own convolutions, as in training: the same descriptors."""
+    model = distinct_model(11)
+    x = torch.from_numpy(smooth_volume((38, 44, 33), seed=11, sigma=1.2))[None, None]
+    with torch.no_grad():
+        fast = model.forward_strided(x, stride)
+    with torch.enable_grad():
+        reference = model.forward_strided(x, stride).detach()
+    assert fast.shape == reference.shape and float(reference.abs().max()) > 0.1
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=0)
+    img = Image.from_array(x[0, 0].numpy())
+    assert compute_descriptors(img, model, stride=stride).data.is_contiguous()
 
 
 def test_descriptor_mask_and_padding_keep_every_voxel():

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from disa.errors import InputError
-from disa.features.descriptors import DescriptorCache, compute_descriptors
+from disa.features.descriptors import DescriptorCache, compute_descriptors, cpu_bfloat16_supported
 from disa.features.network import seeded_model
 from disa.registration import register
 from disa.sample_data import move_image, rigid_matrix
@@ -71,12 +71,27 @@ def test_reduced_precision_only_on_request():
     model = seeded_model(4)
     default = compute_descriptors(img, model).data
     assert torch.equal(default, compute_descriptors(img, model, dtype=torch.float32).data)
-    reduced = compute_descriptors(img, model, dtype=torch.bfloat16).data
-    assert not torch.equal(default, reduced) and float((default - reduced).abs().max()) < 0.05
+    if cpu_bfloat16_supported():
+        reduced = compute_descriptors(img, model, dtype=torch.bfloat16).data
+        assert not torch.equal(default, reduced) and float((default - reduced).abs().max()) < 0.05
     with pytest.raises(InputError, match="CUDA"):
         register(img, img, metric="disa", precision="float16", device="cpu")
     with pytest.raises(InputError, match="unknown precision"):
         register(img, img, metric="mind", precision="half")
+
+
+def test_bfloat16_on_a_cpu_without_it_is_one_clear_error(monkeypatch):
+    """Without AVX-512 oneDNN has no bfloat16 convolution (the run used to stop in a RuntimeError
+    deep inside the network): refused up front, and by the descriptors themselves."""
+    import disa.features.descriptors as descriptors_module
+
+    monkeypatch.setattr(descriptors_module, "cpu_bfloat16_supported", lambda: False)
+    img = Image.from_array(textured_image(24, 1.0, seed=2).data[0].numpy())
+    with pytest.raises(InputError, match="bfloat16 descriptors need a CPU with AVX-512"):
+        register(img, img, metric="disa", precision="bfloat16", device="cpu")
+    with pytest.raises(InputError, match="bfloat16 descriptors need a CPU with AVX-512"):
+        compute_descriptors(img, seeded_model(4), dtype=torch.bfloat16)
+    assert compute_descriptors(img, seeded_model(4), dtype=torch.float32).data.abs().sum() > 0
 
 
 class GatedModel(torch.nn.Module):

@@ -111,12 +111,22 @@ def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
 
 @functools.lru_cache(maxsize=1)
 def cpu_bfloat16_supported() -> bool:
-    """oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 / AMX): where
-    ``dtype=torch.bfloat16`` pays off on a CPU."""
+    """oneDNN can run bfloat16 convolutions on this CPU: natively with AVX512-BF16 or AMX
+    (about 2x faster than float32), emulated with plain AVX-512 (about 2x slower). Without
+    AVX-512 it cannot run them at all."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def check_cpu_precision(dtype: Optional[torch.dtype]) -> None:
+    """InputError where this CPU cannot compute descriptors at ``dtype``."""
+    if dtype == torch.float16:
+        raise InputError("float16 descriptors need a CUDA device; use float32 or bfloat16 on a CPU")
+    if dtype == torch.bfloat16 and not cpu_bfloat16_supported():
+        raise InputError("bfloat16 descriptors need a CPU with AVX-512 (oneDNN has no bfloat16 convolution "
+                         "for this one); use float32")
 
 
 def _cpu_network(model: torch.nn.Module, x: torch.Tensor, dtype: Optional[torch.dtype]):
@@ -125,8 +135,7 @@ def _cpu_network(model: torch.nn.Module, x: torch.Tensor, dtype: Optional[torch.
     0.008), else the float32 model as given. float16 needs CUDA."""
     if x.device.type != "cpu":
         return model, x
-    if dtype == torch.float16:
-        raise InputError("float16 descriptors need a CUDA device; use float32 or bfloat16 on a CPU")
+    check_cpu_precision(dtype)
     if dtype == torch.bfloat16:
         import copy
 
@@ -176,7 +185,7 @@ def run_network(model: torch.nn.Module, x: torch.Tensor, tile: Union[int, Sequen
     net = model if stride == STRIDE else functools.partial(model.forward_strided, stride=stride)
     with torch.no_grad(), _autocast(device, dtype):
         if all(t >= s for t, s in zip(tiles, shape)):
-            return net(x[None, None]).float()[0]
+            return net(x[None, None]).float()[0].contiguous()
         out = torch.empty(CHANNELS, *out_shape, dtype=torch.float32, device=device)
         for za, zb, zk0, zk1, zo in _axis_tiles(shape[0], tiles[0], stride):
             for ya, yb, yk0, yk1, yo in _axis_tiles(shape[1], tiles[1], stride):

@@ -43,6 +43,13 @@ def _use_mkldnn(x: torch.Tensor) -> bool:
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last order, oneDNN's native layout: in NCDHW order oneDNN reorders every
+    layer's input and output, which took half the time of a pass (106 x 106 x 93 voxels at
+    stride 2, 2 threads: 0.67 s -> 0.34 s; descriptors equal to 1e-6)."""
+    return x.to(memory_format=torch.channels_last_3d)
+
+
 class Conv3d(nn.Conv3d):
     """``nn.Conv3d`` (same parameters and state-dict keys) that always takes oneDNN on the CPU
     at inference. PyTorch's heuristic sends single-volume batches with few channels to its
@@ -50,7 +57,7 @@ class Conv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _use_mkldnn(x) and self.padding_mode == "zeros":
-            return torch.mkldnn_convolution(x.contiguous(), self.weight, self.bias, list(self.padding),
+            return torch.mkldnn_convolution(_channels_last(x), self.weight, self.bias, list(self.padding),
                                             list(self.stride), list(self.dilation), self.groups)
         return super().forward(x)
 
@@ -109,7 +116,8 @@ class BlurPool(nn.Module):
         x = F.pad(x, (2 * dilation,) * 6, mode="replicate")
         kernel = self.kernel.to(x.dtype)
         if _use_mkldnn(x):
-            return torch.mkldnn_convolution(x, kernel, None, [0, 0, 0], [stride] * 3, [dilation] * 3, self.channels)
+            return torch.mkldnn_convolution(_channels_last(x), kernel, None, [0, 0, 0], [stride] * 3, [dilation] * 3,
+                                            self.channels)
         return F.conv3d(x, kernel, stride=stride, dilation=dilation, groups=self.channels)
 
 
@@ -119,7 +127,7 @@ def _conv_block(block: "Conv", x: torch.Tensor, dilation: int) -> torch.Tensor:
         return block(x)
     conv, pad = block[0], [dilation] * 3
     if _use_mkldnn(x):
-        y = torch.mkldnn_convolution(x.contiguous(), conv.weight, conv.bias, pad, [1, 1, 1], [dilation] * 3, 1)
+        y = torch.mkldnn_convolution(_channels_last(x), conv.weight, conv.bias, pad, [1, 1, 1], [dilation] * 3, 1)
     else:
         y = F.conv3d(x, conv.weight, conv.bias, padding=pad, dilation=dilation)
     return F.leaky_relu(y, block[1].negative_slope)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..features.descriptors import check_cpu_precision, precision_dtype
 from ..optim import OPTIMIZERS, Monitor, PoseSampler
 from ..optim.base import ProgressCallback
 from ..similarity import MetricSpec, parse_metric
@@ -181,8 +182,8 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
                                   search_starts, spacings or None, max_evals, seed, precision, search_preset)
         probe = check_probe(settings["transform"], probe_position, probe_direction)
         dev = resolve_device(device)
-        if settings["precision"] == "float16" and dev.type != "cuda":
-            raise InputError("float16 precision needs a CUDA device; use float32 or bfloat16 on a CPU")
+        if dev.type == "cpu":
+            check_cpu_precision(precision_dtype(settings["precision"]))
         similarity, metric_name, base = resolve_metric(metric, weights, settings["precision"], settings["seed"])
         opt_name = optimizer or DEFAULT_OPTIMIZER.get(base, "lbfgs")
         if opt_name not in OPTIMIZERS:
