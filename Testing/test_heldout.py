@@ -245,7 +245,8 @@ def test_packed_sources_render_the_same_pairs_without_simpleitk(tmp_path):
     from disa.train.sources import curve_pair, render_pair, training_us_files
 
     packed = tmp_path / "packed"
-    assert main(["train", "--source-dir", DATA, "--pack-sources", str(packed), "--quiet"]) == 0
+    assert main(["train", "--source-dir", DATA, "--pack-sources", str(packed), "--fine-us-share", "0.5",
+                 "--quiet"]) == 0
     assert not any(p.suffix == ".gz" for p in packed.rglob("*")) and not list(packed.rglob("*Case24*"))
     script = f"""
 import sys, pickle
@@ -253,6 +254,7 @@ sys.modules["SimpleITK"] = None  # any import of it now fails
 from disa.train.sources import curve_pair, render_pair, training_us_files
 us = training_us_files({str(packed)!r})
 pairs = [render_pair({str(packed)!r}, 3, i, us) for i in (0, 2, 5)] + [curve_pair({str(packed)!r}, 3)]
+pairs.append(render_pair({str(packed)!r}, 3, 0, us, (0.0, 1.0, 0.0), fine_share=1.0))  # a 0.5 mm self pair
 pickle.dump([(p.name, p.a, p.b, p.centres_a, p.centres_b) for p in pairs], open({str(tmp_path / "p.pkl")!r}, "wb"))
 from disa.errors import InputError
 from disa.train.synth import load_template
@@ -268,7 +270,9 @@ except InputError as exc:
     got = pickle.load(open(tmp_path / "p.pkl", "rb"))
     us = training_us_files(DATA)
     want = [render_pair(DATA, 3, i, us) for i in (0, 2, 5)] + [curve_pair(DATA, 3)]  # the three kinds
-    names = [w.name for w in want]
+    want.append(render_pair(DATA, 3, 0, us, (0.0, 1.0, 0.0), fine_share=1.0))
+    assert want[-1].name.endswith("-fine@1")
+    names = [w.name for w in want[:-1]]
     assert any(n.startswith("us-self") for n in names) and any(n.startswith("us-Case") for n in names) \
         and any(n.startswith("syn-") for n in names) and names[-1].startswith("curve-us-self"), names
     for (name, a, b, ca, cb), w in zip(got, want):
@@ -279,10 +283,11 @@ except InputError as exc:
         np.testing.assert_array_equal(cb, w.centres_b)
 
 
-def test_fine_us_self_pairs_are_rendered_at_the_ultrasounds_own_scale():
+def test_fine_us_self_pairs_are_rendered_at_the_ultrasounds_own_scale(tmp_path):
     """``--fine-us-share``: a real-ultrasound self pair drawn as fine is loaded at 0.5 mm (twice
     the voxels per axis of the same pair at 1 mm) and cropped at its own voxel step; with the
-    share at 0 the stream draws nothing more. Packed sources (1 mm) refuse a finer pair."""
+    share at 0 the stream draws nothing more. Sources packed without the fine form refuse a finer
+    pair (the packed test above covers those packed with it)."""
     from disa.errors import InputError
     from disa.train.packed import PACKED_SUFFIX
     from disa.train.sources import render_pair, training_us_files
@@ -294,8 +299,13 @@ def test_fine_us_self_pairs_are_rendered_at_the_ultrasounds_own_scale():
     ratio = np.asarray(fine.b.shape) / np.asarray(plain.b.shape)
     assert np.all(np.abs(ratio - 2.0) < 0.1), (fine.b.shape, plain.b.shape)
     assert "-fine" not in render_pair(DATA, 3, 1, us, mix).name
-    with pytest.raises(InputError, match="packed sources hold the ultrasound at 1 mm"):
-        load_ultrasound("Case1-US" + PACKED_SUFFIX, 0.5)
+    from disa.train.packed import read_packed_ultrasound
+
+    plain_packed = str(tmp_path / ("Case1-US" + PACKED_SUFFIX))
+    np.savez_compressed(plain_packed, voxels=np.zeros((4, 4, 4), np.float32), fan=np.ones((4, 4, 4), bool))
+    assert read_packed_ultrasound(plain_packed)[0].shape == (4, 4, 4)
+    with pytest.raises(InputError, match="holds no ultrasound at 0.5 mm: pack the sources again with --fine"):
+        load_ultrasound(plain_packed, 0.5)
     from disa.train.loop import TrainConfig
 
     with pytest.raises(InputError, match="--fine-us-share"):

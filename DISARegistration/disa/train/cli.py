@@ -27,7 +27,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pack-sources", metavar="DIR", default=None,
                    help="write --source-dir's templates and ultrasound volumes to DIR as NumPy archives (ultrasound "
                         "already on the training grid) and stop: a machine without SimpleITK trains from DIR "
-                        "(--source-dir DIR), rendering the same volume pairs")
+                        "(--source-dir DIR), rendering the same volume pairs (with --fine-us-share, the 0.5 mm "
+                        "ultrasound too)")
     d = p.add_argument_group("dense training (default): 64^3 crop pairs, 512 supervised outputs each")
     d.add_argument("--steps", type=int, help="total steps of the run (default 20000; the learning-rate schedule "
                                              "spans them)")
@@ -59,7 +60,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "itself, real ultrasound with an unrelated template (default 0.7 0.15 0.15)")
     d.add_argument("--fine-us-share", type=float,
                    help="share of the real-ultrasound self pairs rendered at the ultrasound's own 0.5 mm (crops at "
-                        "0.5 mm per voxel; from the source folder, not packed sources; default 0)")
+                        "0.5 mm per voxel; default 0). With --pack-sources: pack the 0.5 mm form too")
     d.add_argument("--max-offset", type=float, help="largest shift (crop voxels) of misaligned crops (default 12)")
     d.add_argument("--pool-size", type=int, default=None, help="volume pairs held at once (default 48 on CUDA, 12 on the CPU)")
     d.add_argument("--refresh-every", type=int,
@@ -112,7 +113,10 @@ def run_from_args(args) -> int:
     if args.pack_sources:
         from .packed import pack_sources
 
-        rec = pack_sources(args.source_dir, args.pack_sources, progress=say)
+        from .sources import FINE_US_SPACING
+
+        rec = pack_sources(args.source_dir, args.pack_sources, progress=say,
+                           fine_spacing=FINE_US_SPACING if args.fine_us_share else None)
         print(f"packed {rec['files']} files ({rec['bytes'] / 2 ** 20:.1f} MiB) into {rec['out_dir']}: train from it "
               "with --source-dir (SimpleITK not needed)")
         return 0

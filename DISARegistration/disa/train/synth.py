@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..spatial.image import Image, foreground_mask, load_image, normalize_intensity, resample_to_spacing
-from .packed import PACKED_SUFFIX, packed_path, read_packed_ultrasound, read_packed_volume
+from .packed import PACKED_SUFFIX, fine_storage, packed_path, read_packed_ultrasound, read_packed_volume
 
 #: Cases never used for training (the evaluation case of this project).
 HELD_OUT_CASES = ("Case24",)
@@ -382,15 +382,15 @@ def _fit_shape(x: np.ndarray, minimum: int, value: float = 0.0) -> np.ndarray:
 def load_ultrasound(path: str, spacing: float = SPACING) -> Tuple[np.ndarray, np.ndarray]:
     """A real ultrasound volume at ``spacing`` mm (anti-aliased; 1 mm, or finer for the fine
     us-self pairs), normalized over its fan, and the fan (from the NIfTI file, or from its packed
-    form at 1 mm: :mod:`disa.train.packed`)."""
+    form: :mod:`disa.train.packed`; a finer volume as the packed form stores it, in float16)."""
     check_not_held_out(path)
+    fine = spacing != SPACING
     if path.endswith(PACKED_SUFFIX):
-        if spacing != SPACING:
-            raise InputError(f"packed sources hold the ultrasound at {SPACING:g} mm only: train pairs at "
-                             f"{spacing:g} mm from the source folder")
-        voxels, fan = read_packed_ultrasound(path)
+        voxels, fan = read_packed_ultrasound(path, spacing if fine else None)
     else:
         voxels, fan = ultrasound_at_training_grid(path, spacing)
+        if fine:
+            voxels = fine_storage(voxels)
     return normalize(voxels, fan)
 
 
