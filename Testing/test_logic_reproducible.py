@@ -16,6 +16,7 @@ from DISARegistrationLib import mrml_bridge as mb  # noqa: E402
 from DISARegistrationLib.logic import RegistrationLogic  # noqa: E402
 from DISARegistrationLib.self_test_data import add_volume_node, synthetic_volume_array  # noqa: E402
 from disa.errors import InputError  # noqa: E402
+from disa.features.descriptors import cpu_bfloat16_supported  # noqa: E402
 from disa.features.weights import DEFAULT_WEIGHTS  # noqa: E402
 from disa.registration import register  # noqa: E402
 from disa.registration.defaults import DEFAULTS  # noqa: E402
@@ -119,5 +120,9 @@ def test_precision_and_weights_are_passed_through(pair, tmp_path):
     (tmp_path / "copy.json").write_bytes(DEFAULT_WEIGHTS.with_suffix(".json").read_bytes())
     logic.register(fixed, moving, metric="disa", weightsPath=str(copy), seed=5, **SEARCH)
     assert np.array_equal(logic.lastResult.matrix, engine_matrix(fixed, moving, metric="disa", seed=5))
-    logic.register(fixed, moving, metric="disa", precision="bfloat16", seed=5, **SEARCH)
-    assert logic.lastResult.precision == "bfloat16"
+    if cpu_bfloat16_supported():
+        logic.register(fixed, moving, metric="disa", precision="bfloat16", seed=5, **SEARCH)
+        assert logic.lastResult.precision == "bfloat16"
+    else:  # no bfloat16 convolution on this CPU: one clear line, nothing written
+        with pytest.raises(InputError, match="bfloat16 descriptors need a CPU with AVX-512"):
+            logic.register(fixed, moving, metric="disa", precision="bfloat16", seed=5, **SEARCH)
