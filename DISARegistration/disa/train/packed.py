@@ -26,6 +26,8 @@ import numpy as np
 
 #: Suffix of a packed volume (it replaces .nii / .nii.gz).
 PACKED_SUFFIX = ".npz"
+#: How the fine (0.5 mm) ultrasound is stored, packed or not (see the module notes).
+FINE_DTYPE = np.float16
 
 
 def packed_path(path: str) -> str:
@@ -58,7 +60,7 @@ def read_packed_ultrasound(path: str, spacing: Optional[float] = None) -> Tuple[
 
 def fine_storage(voxels: np.ndarray) -> np.ndarray:
     """A fine ultrasound volume as its packed form holds it (float16, read back as float32)."""
-    return voxels.astype(np.float16).astype(np.float32)
+    return voxels.astype(FINE_DTYPE).astype(np.float32)
 
 
 def pack_sources(source_dir: str, out_dir: str, progress: Callable[[str], None] = print,
@@ -91,7 +93,7 @@ def pack_sources(source_dir: str, out_dir: str, progress: Callable[[str], None] 
         fine = {}
         if fine_spacing is not None:
             fine_voxels, fine_fan = ultrasound_at_training_grid(src, fine_spacing)
-            fine = {"fine_voxels": fine_voxels.astype(np.float16), "fine_fan": fine_fan.astype(bool),
+            fine = {"fine_voxels": fine_voxels.astype(FINE_DTYPE), "fine_fan": fine_fan.astype(bool),
                     "fine_spacing": np.float64(fine_spacing)}
         _save(dst, voxels=voxels.astype(np.float32), fan=fan.astype(bool), **fine)
         written.append(dst)
