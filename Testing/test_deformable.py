@@ -193,6 +193,21 @@ def test_defaults_in_one_place():
     assert set(DENSE_DEFAULTS.as_dict()) >= {"transform", "metric", "stride", "iterations", "lr", "smoothness"}
 
 
+@pytest.mark.parametrize("method, default", [("deformable", "iterations"), ("diffeomorphic", "dense_iterations"),
+                                             ("neural-ode", "ode_iterations")])
+def test_each_model_takes_its_own_finest_level_iterations(method, default):
+    """A run without ``iterations`` takes its model's entry of the defaults table; a given count wins."""
+    from disa.deformable.settings import check_dense_settings
+
+    d = DENSE_DEFAULTS
+
+    def resolved(iterations):
+        return check_dense_settings(method, None, d.grid_spacing_mm, d.stride, d.search_radius_mm, iterations, None,
+                                    None, d.jacobian_weight, d.integrator, d.time_steps, 0, "rigid")["iterations"]
+
+    assert resolved(None) == getattr(d, default) and resolved(7) == 7
+
+
 @pytest.mark.parametrize("method", ["deformable", "diffeomorphic"])
 def test_levels_run_coarse_to_fine(pair, method):
     """Two levels: the coarse working grid twice the fine spacing, each level's own iteration

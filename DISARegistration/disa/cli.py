@@ -211,7 +211,7 @@ def add_registration_options(p: argparse.ArgumentParser):
                        help=f"working grids coarse to fine, each twice as fine as the one before (default {dd.levels})")
     dense.add_argument("--iterations", type=COUNT, default=None, metavar="N",
                        help=f"Adam iterations on the finest level (default {dd.iterations} for deformable, at most "
-                            f"{dd.dense_iterations} for the diffeomorphic models)")
+                            f"{dd.dense_iterations} for diffeomorphic and {dd.ode_iterations} for neural-ode)")
     dense.add_argument("--coarse-iterations", type=COUNT, default=None, metavar="N",
                        help=f"Adam iterations on each coarser level (default {dd.coarse_iterations} for deformable, "
                             f"at most {dd.dense_coarse_iterations} for the diffeomorphic models)")

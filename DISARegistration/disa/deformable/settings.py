@@ -19,6 +19,8 @@ from .defaults import (
 MAX_ITERATIONS = 100_000
 MAX_LEVELS = 5
 DEFAULT_LR = {"deformable": D.lr, "diffeomorphic": D.dense_lr, "neural-ode": D.ode_lr}
+#: Finest-level iterations by method (the diffeomorphic models' are at most: they stop once converged).
+DEFAULT_ITERATIONS = {"deformable": D.iterations, "diffeomorphic": D.dense_iterations, "neural-ode": D.ode_iterations}
 MAX_GRID_SPACING_MM = 100.0
 MAX_SEARCH_RADIUS_MM = 200.0
 
@@ -47,8 +49,8 @@ def check_dense_settings(transform: str, spacing: Optional[float], grid_spacing_
            "grid_spacing_mm": positive("the control grid spacing (mm)", grid_spacing_mm, MAX_GRID_SPACING_MM),
            "stride": int(stride) if stride in STRIDES else None,
            "search_radius_mm": positive("the search radius (mm)", search_radius_mm, MAX_SEARCH_RADIUS_MM),
-           "iterations": check_int("iterations", D.dense_iterations if iterations is None and dense
-                                   else D.iterations if iterations is None else iterations, 0, MAX_ITERATIONS),
+           "iterations": check_int("iterations", DEFAULT_ITERATIONS[transform] if iterations is None else iterations,
+                                   0, MAX_ITERATIONS),
            "levels": check_int("dense levels", levels, 1, MAX_LEVELS),
            "coarse_iterations": check_int("coarse-level iterations", (D.dense_coarse_iterations if dense
                                           else D.coarse_iterations) if coarse_iterations is None
