@@ -83,7 +83,7 @@ class DenseDefaults:
     # The neural-ODE's finest level, at most. Every run reached 30 without converging; paired runs
     # (same cases, same network seed; 12 runs: seed-0 and seed-2 tuning cases, network seeds 0 and
     # 2; session 19): 60 raised mean Dice by 0.41 points (0.1 / 0.8 / 0.3 per set) and lowered TRE in
-    # every set (0.51 -> 0.49, 0.65 -> 0.61, 0.68 -> 0.65 mm), for about 8 s more a run; 100 gave
+    # every set (0.51 -> 0.49, 0.65 -> 0.61, 0.68 -> 0.65 mm), for about 7 s more a run; 100 gave
     # the same Dice as 60. The stationary field keeps 30 (60 gave 0.909 against 0.911, session 10).
     ode_iterations: int = 60
     dense_lr: float = 0.05           # "diffeomorphic": velocity voxels per Adam step
