@@ -69,7 +69,7 @@ def pack_sources(source_dir: str, out_dir: str, progress: Callable[[str], None] 
     ultrasound volume also at ``fine_spacing`` mm when given."""
     from ..errors import InputError
     from ..spatial.image import load_image
-    from .synth import ultrasound_at_training_grid, ultrasound_files
+    from .synth import SPACING, ultrasound_at_spacings, ultrasound_files
 
     tdir = os.path.join(source_dir, "templates")
     if not os.path.isdir(tdir):
@@ -88,11 +88,13 @@ def pack_sources(source_dir: str, out_dir: str, progress: Callable[[str], None] 
             shutil.copyfile(src, dst)
         written.append(dst)
     for src in ultrasound_files(source_dir):
-        voxels, fan = ultrasound_at_training_grid(src)
+        # one read of the file for both grids
+        grids = ultrasound_at_spacings(src, (SPACING,) if fine_spacing is None else (SPACING, fine_spacing))
+        voxels, fan = grids[0]
         dst = packed_path(os.path.join(out_dir, "resect", "us_only", os.path.basename(src)))
         fine = {}
         if fine_spacing is not None:
-            fine_voxels, fine_fan = ultrasound_at_training_grid(src, fine_spacing)
+            fine_voxels, fine_fan = grids[1]
             fine = {"fine_voxels": fine_voxels.astype(FINE_DTYPE), "fine_fan": fine_fan.astype(bool),
                     "fine_spacing": np.float64(fine_spacing)}
         _save(dst, voxels=voxels.astype(np.float32), fan=fan.astype(bool), **fine)

@@ -397,11 +397,19 @@ def load_ultrasound(path: str, spacing: float = SPACING) -> Tuple[np.ndarray, np
 def ultrasound_at_training_grid(path: str, spacing: float = SPACING) -> Tuple[np.ndarray, np.ndarray]:
     """An ultrasound file resampled to the training grid (1 mm, or ``spacing``; anti-aliased) and
     its fan mask (non-zero voxels), before normalization."""
+    return ultrasound_at_spacings(path, (spacing,))[0]
+
+
+def ultrasound_at_spacings(path: str, spacings: Sequence[float]) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """``ultrasound_at_training_grid`` at each of ``spacings``, reading the file once."""
     check_not_held_out(path)
     img = load_image(path, "ultrasound")
     img.mask = foreground_mask(img, "nonzero")
-    img = resample_to_spacing(img, spacing)
-    return img.data[0].numpy(), img.mask[0].numpy()
+    out = []
+    for spacing in spacings:
+        grid = resample_to_spacing(img, spacing)
+        out.append((grid.data[0].numpy(), grid.mask[0].numpy()))
+    return out
 
 
 def load_volume(path: str) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -474,6 +482,6 @@ def make_pair_specs(data_dir: str, n_synthetic: int = 32, us_pairs_per_file: int
 
 __all__ = ["PairSpec", "VolumePair", "Template", "TEMPLATES", "APPEARANCES", "HELD_OUT_CASES", "load_template",
            "appearance", "simulate_ultrasound", "shadow_transmission", "corrupt", "normalize", "load_ultrasound",
-           "ultrasound_at_training_grid", "load_volume",
+           "ultrasound_at_training_grid", "ultrasound_at_spacings", "load_volume",
            "make_pair", "make_pair_specs", "ultrasound_files", "check_not_held_out", "tissues_from_t1",
            "random_curve", "A_APPEARANCES"]
