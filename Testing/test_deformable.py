@@ -178,6 +178,7 @@ def test_cancel(pair):
     ({"search": "local"}, "linear options"),
     ({"linear": np.zeros((4, 4))}, "invertible"),
     ({"mind_components": 13}, "MIND-SSC components"),
+    ({"linearize": -1}, "linearization radius"),
 ])
 def test_bad_settings(pair, options, words):
     fixed, moving, _ = pair

@@ -135,7 +135,8 @@ def test_evaluate_needs_pairs(tmp_path, capsys):
 
 def test_cli_dense_transform_file_maps_points_as_the_engine(tmp_path):
     """`disa register --transform deformable` writes one composite (linear + displacement field):
-    SimpleITK's ReadTransform alone maps fixed points where the engine's result does."""
+    SimpleITK's ReadTransform alone maps fixed points where the engine's result does (and the
+    dense options reach the engine: ``--linearize`` is not the default)."""
     from disa.registration import register
     from disa.spatial import save_image
     from synthetic import deformed_pair, inner_points
@@ -144,7 +145,7 @@ def test_cli_dense_transform_file_maps_points_as_the_engine(tmp_path):
     save_image(fixed, tmp_path / "f.nii.gz")
     save_image(moving, tmp_path / "m.nii.gz")
     options = ["--metric", "mind", "--search", "local", "--spacings", "6,3", "--max-evals", "20", "--threads", "1",
-               "--seed", "0", "--device", "cpu", "--dense-spacing", "3", "--iterations", "10", "--quiet"]
+               "--seed", "0", "--device", "cpu", "--dense-spacing", "3", "--iterations", "10", "--linearize", "0.5", "--quiet"]
     out = tmp_path / "dense.h5"
     assert main(["register", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
                  "--transform", "deformable", "--output-transform", str(out), "--jacobian",
@@ -153,7 +154,7 @@ def test_cli_dense_transform_file_maps_points_as_the_engine(tmp_path):
 
     result = register(load_image(tmp_path / "f.nii.gz"), load_image(tmp_path / "m.nii.gz"), metric="mind",
                       transform="deformable", search="local", spacings=[6.0, 3.0], max_evals=20, threads=1, seed=0,
-                      device="cpu", dense={"spacing": 3.0, "iterations": 10})
+                      device="cpu", dense={"spacing": 3.0, "iterations": 10, "linearize": 0.5})
     tx = read_sitk_transform(out)
     points = inner_points(fixed)[::11]
     by_itk = np.array([tx.TransformPoint(p.tolist()) for p in points])

@@ -222,6 +222,10 @@ def add_registration_options(p: argparse.ArgumentParser):
                        metavar="K", help=f"MIND-SSC's {MIND_CHANNELS} channels projected onto K shared principal "
                                          f"components in the dense stage, 1 to {MIND_CHANNELS} (default "
                                          f"{dd.mind_components}; {MIND_CHANNELS} keeps them all)")
+    dense.add_argument("--linearize", type=_checked(_non_negative, "linearize"), default=None, metavar="VOXELS",
+                       help="deformable: instance optimization uses the similarity's Gauss-Newton model, rebuilt "
+                            f"once the field has moved VOXELS working voxels (default {dd.linearize:g}; 0: exact "
+                            "every iteration, about 1.6x slower)")
     dense.add_argument("--integrator", choices=INTEGRATORS, default=None,
                        help=f"neural-ode: time integrator (default {dd.integrator})")
 
@@ -231,7 +235,7 @@ DENSE_ARGUMENTS = {"linear_transform": "linear_transform", "dense_spacing": "spa
                    "grid_spacing": "grid_spacing_mm", "stride": "stride", "search_radius": "search_radius_mm",
                    "iterations": "iterations", "smoothness": "smoothness", "integrator": "integrator",
                    "dense_levels": "levels", "coarse_iterations": "coarse_iterations",
-                   "mind_components": "mind_components"}
+                   "mind_components": "mind_components", "linearize": "linearize"}
 
 
 def registration_kwargs(args) -> dict:

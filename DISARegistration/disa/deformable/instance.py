@@ -19,7 +19,8 @@ import torch
 
 from ..optim import Adam, Monitor
 from .fields import smooth
-from .losses import DenseTerm, combined_loss
+from .linearized import LinearizedLoss
+from .losses import DenseTerm
 
 #: The paper's instance-optimization settings (voxel units, see the module notes).
 PAPER_ITERATIONS = 30
@@ -30,11 +31,14 @@ PAPER_SMOOTHNESS = 1.0
 def instance_optimize(terms: Sequence[Tuple[float, DenseTerm]], initial: Optional[torch.Tensor] = None,
                       iterations: int = PAPER_ITERATIONS, lr: float = PAPER_LR,
                       smoothness: float = PAPER_SMOOTHNESS, bidirectional: bool = True,
-                      smoothing_passes: int = 0, monitor: Optional[Monitor] = None) -> Tuple[torch.Tensor, list]:
+                      smoothing_passes: int = 0, monitor: Optional[Monitor] = None,
+                      linearize: float = 0.0) -> Tuple[torch.Tensor, list]:
     """Refine a (1, 3, Z, Y, X) voxel displacement (None: zero) by Adam on ``combined_loss``.
 
     ``smoothing_passes``: box-smooth the parameters this many times before each evaluation
-    (ConvexAdam's implicit regularization; 0 for the paper's plain form). Returns the
+    (ConvexAdam's implicit regularization; 0 for the paper's plain form). ``linearize``: the
+    squared-difference terms by their Gauss-Newton model, rebuilt once the field has moved this
+    many voxels (``linearized.LinearizedLoss``; 0: exact every iteration). Returns the
     displacement and the loss of each iteration.
     """
     first = terms[0][1]
@@ -43,13 +47,14 @@ def instance_optimize(terms: Sequence[Tuple[float, DenseTerm]], initial: Optiona
     param = start.clone().float().requires_grad_(True)
     optimizer = Adam([param], lr=lr)
     history = []
+    objective = LinearizedLoss(terms, bidirectional, linearize)
 
     def field() -> torch.Tensor:
         return smooth(param, smoothing_passes) if smoothing_passes else param
 
     for _ in range(int(iterations)):
         optimizer.zero_grad()
-        loss = combined_loss(terms, field(), smoothness, bidirectional)
+        loss = objective(field(), smoothness)
         loss.backward()
         optimizer.step()
         history.append(float(loss.detach()))

@@ -85,12 +85,22 @@ class DenseTerm:
             setattr(self, which, stack[:, :-1])
 
     def forward_loss(self, disp: torch.Tensor) -> torch.Tensor:
-        warped, valid = self._warp_with_valid("moving", disp)
-        return self.score(self.fixed, warped, (valid > 0.5).to(warped.dtype) * self.fixed_valid)
+        return self.direction(disp)[0]
 
     def backward_loss(self, disp: torch.Tensor) -> torch.Tensor:
-        warped, valid = self._warp_with_valid("fixed", -disp)
-        return self.score(self.moving, warped, (valid > 0.5).to(warped.dtype) * self.moving_valid, backward=True)
+        return self.direction(disp, backward=True)[0]
+
+    def direction(self, disp: torch.Tensor, backward: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, warped features, region) of one direction: the moving features warped by
+        ``disp`` against the fixed ones, or (``backward``) the fixed ones warped by ``-disp``
+        against the moving ones; ``region``: where both have content."""
+        if backward:
+            warped, valid = self._warp_with_valid("fixed", -disp)
+            region = (valid > 0.5).to(warped.dtype) * self.moving_valid
+            return self.score(self.moving, warped, region, backward=True), warped, region
+        warped, valid = self._warp_with_valid("moving", disp)
+        region = (valid > 0.5).to(warped.dtype) * self.fixed_valid
+        return self.score(self.fixed, warped, region), warped, region
 
     def _warp_with_valid(self, which: str, disp: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The features of one image and its content mask (no gradient) warped by ``disp``."""

@@ -79,7 +79,7 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
                         levels: int = D.levels, coarse_iterations: Optional[int] = None,
                         jacobian_weight: float = D.jacobian_weight, integrator: str = D.integrator,
                         time_steps: int = D.time_steps, bidirectional: bool = D.bidirectional,
-                        mind_components: int = D.mind_components, seed: int = D.seed,
+                        mind_components: int = D.mind_components, linearize: float = D.linearize, seed: int = D.seed,
                         device: str = D.device, threads: Optional[int] = D.threads, weights=None,
                         fixed_mask="auto", progress: Optional[ProgressCallback] = None,
                         cancel: Optional[Callable[[], bool]] = None, **linear_options) -> RegistrationResult:
@@ -98,7 +98,9 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
     ``spacing``): ``iterations`` run on the finest, ``coarse_iterations`` on each coarser one.
     ``iterations``, ``coarse_iterations``, ``lr``, ``smoothness``: None takes the method's default
     (DENSE_DEFAULTS). ``mind_components``: MIND-SSC's 12 channels projected onto this many shared
-    principal components in the dense stage (12: unprojected).
+    principal components in the dense stage (12: unprojected). ``linearize`` (deformable): the
+    instance optimization's squared-difference terms by their Gauss-Newton model, rebuilt once
+    the field has moved this many working voxels (0: exact every iteration).
     ``weights``: a DISA weights file. ``cancel`` is polled every iteration (CancelledError).
     Deterministic on a CPU for given inputs, settings, seed and thread count.
     """
@@ -107,7 +109,7 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
         started = time.perf_counter()
         s = check_dense_settings(transform, spacing, grid_spacing_mm, stride, search_radius_mm, iterations, lr,
                                  smoothness, jacobian_weight, integrator, time_steps, seed, linear_transform,
-                                 levels, coarse_iterations, mind_components)
+                                 levels, coarse_iterations, mind_components, linearize)
         spec, terms_spec = check_metric(metric)
         dev = resolve_device(device)
         monitor = Monitor(progress, cancel)
@@ -177,9 +179,11 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
             for level_terms_k, level_shape, n in levels:
                 started_level = time.perf_counter()
                 disp, h = instance_optimize(level_terms_k, resize_field(disp, level_shape), n, s["lr"],
-                                            s["smoothness"], bidirectional, smoothing_passes=2, monitor=monitor)
+                                            s["smoothness"], bidirectional, smoothing_passes=2, monitor=monitor,
+                                            linearize=s["linearize"])
                 history.append((h, time.perf_counter() - started_level))
             disp = resize_field(disp, shape)
+            extra["linearize_voxels"] = s["linearize"]
         else:
             monitor.begin(method, start, 1.0, sum(n for _, _, n in levels))
             common = {"lr": s["lr"], "smoothness": s["smoothness"], "jacobian_weight": s["jacobian_weight"],

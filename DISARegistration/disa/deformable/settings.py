@@ -23,6 +23,7 @@ DEFAULT_LR = {"deformable": D.lr, "diffeomorphic": D.dense_lr, "neural-ode": D.o
 DEFAULT_ITERATIONS = {"deformable": D.iterations, "diffeomorphic": D.dense_iterations, "neural-ode": D.ode_iterations}
 MAX_GRID_SPACING_MM = 100.0
 MAX_SEARCH_RADIUS_MM = 200.0
+MAX_LINEARIZE = 100.0
 
 
 def check_metric(metric) -> Tuple[MetricSpec, Tuple[Tuple[float, str], ...]]:
@@ -40,7 +41,7 @@ def check_dense_settings(transform: str, spacing: Optional[float], grid_spacing_
                          iterations: Optional[int], lr: Optional[float], smoothness: Optional[float],
                          jacobian_weight, integrator: str, time_steps, seed, linear_transform: str,
                          levels=D.levels, coarse_iterations: Optional[int] = None,
-                         mind_components=D.mind_components) -> dict:
+                         mind_components=D.mind_components, linearize=D.linearize) -> dict:
     """Checked settings; None values take the method's default (``DENSE_DEFAULTS``)."""
     transform = check_choice("dense transform", transform, DENSE_METHODS)
     dense = transform != "deformable"
@@ -63,7 +64,9 @@ def check_dense_settings(transform: str, spacing: Optional[float], grid_spacing_
            "time_steps": check_int("time steps", time_steps, 1, 1000),
            "seed": check_int("seed", seed, 0, 2 ** 32 - 1),
            "linear_transform": check_choice("linear transform", linear_transform, LINEAR_TRANSFORMS),
-           "mind_components": check_int("MIND-SSC components", mind_components, 1, MIND_CHANNELS)}
+           "mind_components": check_int("MIND-SSC components", mind_components, 1, MIND_CHANNELS),
+           "linearize": positive("the linearization radius (working voxels)", linearize, MAX_LINEARIZE,
+                                 allow_zero=True)}
     if out["stride"] is None:
         raise InputError(f"the descriptor stride must be one of {', '.join(map(str, STRIDES))}, got {stride!r}")
     return out

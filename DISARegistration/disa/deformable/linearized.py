@@ -1,0 +1,87 @@
+"""The dense similarity replaced, near a reference displacement, by its Gauss-Newton model.
+
+A squared-difference term (MIND-SSC, DISA descriptors, MSE) of a displacement ``u = r + d``
+near a reference ``r`` is, per voxel x (weights ``a(x)``: the term's region over its size),
+
+    L(r + d) ~ L(r) + g . d + sum_x a(x) d(x)^T H(x) d(x),   H(x) = sum_c G_c(x) G_c(x)^T,
+
+with ``g`` the exact gradient at ``r`` (autograd through the trilinear warp) and ``G_c`` the
+spatial gradient of the warped channel c (central differences of the warped features: the
+derivative of the features sampled at x + u to first order in the field's own gradient). Between
+refreshes an iteration costs a few element-wise operations on 10 numbers per voxel instead of two
+trilinear warps of all channels and their gradients, which took about 60-75% of every dense
+iteration on a CPU. The model is rebuilt at the current displacement once any voxel has moved
+more than ``radius`` working voxels from the reference (trilinear features are close to linear
+within a voxel). Other terms (NCC, LNCC, MI, NGF) stay exact.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from .fields import smoothness_loss
+from .losses import DenseTerm, combined_loss
+
+#: Terms with a squared-difference form, modelled here; the others are evaluated exactly.
+QUADRATIC_TERMS = ("mind", "disa", "mse")
+
+
+def gauss_newton_hessian(warped: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """(1, 6, Z, Y, X): ``weight`` times the entries xx, yy, zz, xy, xz, yz of sum_c G_c G_c^T,
+    G_c the (x, y, z) voxel gradient of channel c of ``warped`` (1, C, Z, Y, X)."""
+    gx, gy, gz = torch.gradient(warped, dim=(4, 3, 2))
+    pairs = ((gx, gx), (gy, gy), (gz, gz), (gx, gy), (gx, gz), (gy, gz))
+    return torch.cat([(a * b).sum(1, keepdim=True) for a, b in pairs], 1) * weight
+
+
+def quadratic_form(hessian: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """sum over voxels of d^T H d for a (1, 6, ...) ``hessian`` and a (1, 3, ...) displacement."""
+    x, y, z = d[:, 0], d[:, 1], d[:, 2]
+    h = hessian[0]
+    return (h[0] * x * x + h[1] * y * y + h[2] * z * z
+            + 2.0 * (h[3] * x * y + h[4] * x * z + h[5] * y * z)).sum()
+
+
+class LinearizedLoss:
+    """``combined_loss(terms, disp, smoothness, bidirectional, regularizer)`` with its
+    squared-difference terms replaced by their Gauss-Newton model around a reference displacement,
+    rebuilt when the displacement leaves ``radius`` voxels of it. ``radius`` 0: exact every call."""
+
+    def __init__(self, terms: Sequence[Tuple[float, DenseTerm]], bidirectional: bool = True, radius: float = 0.5):
+        self.terms, self.bidirectional, self.radius = list(terms), bool(bidirectional), float(radius)
+        modelled = [bool(w) and t.name in QUADRATIC_TERMS and radius > 0 for w, t in self.terms]
+        self.modelled = [wt for wt, m in zip(self.terms, modelled) if m]
+        self.exact = [wt for wt, m in zip(self.terms, modelled) if wt[0] and not m]
+        self.reference: Optional[torch.Tensor] = None
+        self.refreshes = 0
+
+    def __call__(self, disp: torch.Tensor, smoothness: float, regularizer: Optional[torch.Tensor] = None):
+        if not self.modelled:
+            return combined_loss(self.terms, disp, smoothness, self.bidirectional, regularizer)
+        current = disp.detach()
+        if self.reference is None or float((current - self.reference).abs().max()) > self.radius:
+            self.refresh(current)
+        d = disp - self.reference
+        total = self.value + (self.gradient * d).sum() + quadratic_form(self.hessian, d)
+        if self.exact:
+            total = total + combined_loss(self.exact, disp, 0.0, self.bidirectional)
+        if smoothness:
+            total = total + smoothness * (smoothness_loss(disp) if regularizer is None else regularizer)
+        return total
+
+    def refresh(self, reference: torch.Tensor) -> None:
+        """Rebuild the model at ``reference``: one exact evaluation with its gradient."""
+        u = reference.clone().requires_grad_(True)
+        value, hessian = 0.0, None
+        for weight, term in self.modelled:
+            for backward in ((False, True) if self.bidirectional else (False,)):
+                loss, warped, region = term.direction(u, backward)
+                # the loss is sum_x region * mean_c (.)^2 / sum(region): per-voxel weight below
+                a = region.detach() / (warped.shape[1] * region.detach().sum().clamp_min(1e-12))
+                h = gauss_newton_hessian(warped.detach(), a * weight)
+                hessian = h if hessian is None else hessian + h
+                value = value + weight * loss
+        self.gradient = torch.autograd.grad(value, u)[0]
+        self.value, self.hessian, self.reference = value.detach(), hessian, reference
+        self.refreshes += 1

@@ -1,0 +1,106 @@
+"""The Gauss-Newton model of the dense similarity (disa.deformable.linearized): exact at its
+reference, a close prediction for moves under a voxel, rebuilt only beyond its radius, exact
+for the terms it does not model, and the deformable mode as accurate with it as without."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from disa.deformable import DENSE_DEFAULTS, build_term, combined_loss, register_deformable, working_grid
+from disa.deformable.linearized import LinearizedLoss
+from disa.spatial import resample_image
+from disa.spatial.image import sample_field
+from synthetic import SPACING, deformed_pair, inner_points, mean_error
+
+
+@pytest.fixture(scope="module")
+def grid_pair(one_thread):
+    fixed, moving, _ = deformed_pair()
+    grid = working_grid(fixed, SPACING)
+    f, m = resample_image(fixed, grid), resample_image(moving, grid)
+    return f, m, f.mask.float()[None], m.mask.float()[None]
+
+
+def smooth_field(shape, seed: int, size: float) -> torch.Tensor:
+    """A smooth random voxel displacement whose largest component is ``size`` voxels."""
+    coarse = torch.randn(1, 3, 5, 5, 5, generator=torch.Generator().manual_seed(seed))
+    d = F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)
+    return d / d.abs().max() * size
+
+
+def value_and_gradient(loss_fn, disp):
+    u = disp.clone().requires_grad_(True)
+    value = loss_fn(u)
+    gradient = torch.autograd.grad(value, u)[0]
+    return float(value.detach()), gradient
+
+
+def test_model_is_exact_at_its_reference_and_close_nearby(grid_pair):
+    f, m, fv, mv = grid_pair
+    terms = [(1.0, build_term("mind", f, m, fv, mv))]
+    reference = smooth_field(f.shape, 0, 1.5)
+    model = LinearizedLoss(terms, radius=1e9)  # never rebuilt after the first call
+
+    def exact(u):
+        return combined_loss(terms, u, 0.0)
+
+    e0, g0 = value_and_gradient(exact, reference)
+    q0, h0 = value_and_gradient(lambda u: model(u, 0.0), reference)
+    assert q0 == pytest.approx(e0, rel=1e-6)
+    assert torch.allclose(h0, g0, rtol=1e-4, atol=1e-9)
+    # a smooth move of at most 0.1 voxel: the model predicts the loss change and the gradient
+    moved = reference + smooth_field(f.shape, 1, 0.1)
+    e1, g1 = value_and_gradient(exact, moved)
+    q1, h1 = value_and_gradient(lambda u: model(u, 0.0), moved)
+    assert model.refreshes == 1
+    assert abs((q1 - q0) - (e1 - e0)) < 0.3 * abs(e1 - e0)
+    assert float((g1 * h1).sum() / (g1.norm() * h1.norm())) > 0.95
+    # the gradient moved with the displacement: a first-order model alone would keep g0
+    assert not torch.allclose(h1, h0)
+
+
+def test_rebuilt_only_beyond_its_radius(grid_pair):
+    f, m, fv, mv = grid_pair
+    model = LinearizedLoss([(1.0, build_term("mse", f, m, fv, mv))], radius=0.5)
+    reference = smooth_field(f.shape, 2, 1.0)
+    model(reference, 1.0)
+    model(reference + smooth_field(f.shape, 3, 0.4), 1.0)
+    assert model.refreshes == 1
+    model(reference + smooth_field(f.shape, 3, 0.6), 1.0)
+    assert model.refreshes == 2 and float((model.reference - reference).abs().max()) > 0.5
+
+
+def test_unmodelled_terms_and_radius_zero_are_exact(grid_pair):
+    f, m, fv, mv = grid_pair
+    mse, ncc = build_term("mse", f, m, fv, mv), build_term("ncc", f, m, fv, mv)
+    disp = smooth_field(f.shape, 4, 1.0)
+    both = [(0.5, mse), (0.5, ncc)]
+    assert torch.equal(LinearizedLoss(both, radius=0.0)(disp, 1.0), combined_loss(both, disp, 1.0))
+    # NCC has no squared-difference form: only MSE is modelled, NCC stays exact
+    model = LinearizedLoss(both, radius=0.5)
+    assert [t.name for _, t in model.modelled] == ["mse"] and [t.name for _, t in model.exact] == ["ncc"]
+    moved = disp + smooth_field(f.shape, 5, 0.2)
+    model(disp, 1.0)
+    assert model.refreshes == 1
+    exact_ncc = 0.5 * (ncc.forward_loss(moved) + ncc.backward_loss(moved))
+    modelled_mse = model(moved, 0.0) - exact_ncc
+    assert float(modelled_mse) == pytest.approx(float(0.5 * (mse.forward_loss(moved) + mse.backward_loss(moved))),
+                                                rel=0.02)
+
+
+def test_deformable_default_is_as_accurate_as_the_exact_similarity(one_thread):
+    """The deformable mode's default (the model, rebuilt every 0.25 voxels) against the exact
+    similarity every iteration (``linearize=0``) on the known synthetic deformation."""
+    fixed, moving, truth = deformed_pair()
+    points = inner_points(fixed)
+    before = float(np.linalg.norm(sample_field(truth, points), axis=1).mean())
+    exact = register_deformable(fixed, moving, linear=np.eye(4), threads=1, linearize=0)
+    default = register_deformable(fixed, moving, linear=np.eye(4), threads=1)
+    e_exact, e_default = mean_error(exact, truth, points), mean_error(default, truth, points)
+    print(f"identity {before:.3f} mm, exact {e_exact:.3f} mm, linearized {e_default:.3f} mm")
+    assert default.deformation["linearize_voxels"] == DENSE_DEFAULTS.linearize > 0
+    assert exact.deformation["linearize_voxels"] == 0
+    assert e_exact < 0.8 * before and e_default < 0.8 * before
+    assert e_default < 1.1 * e_exact
+    assert not torch.equal(exact.field.data, default.field.data)
