@@ -225,7 +225,7 @@ def add_registration_options(p: argparse.ArgumentParser):
     dense.add_argument("--linearize", type=_checked(_non_negative, "linearize"), default=None, metavar="VOXELS",
                        help="deformable: instance optimization uses the similarity's Gauss-Newton model, rebuilt "
                             f"once the field has moved VOXELS working voxels (default {dd.linearize:g}; 0: exact "
-                            "every iteration, about 1.6x slower)")
+                            "every iteration, the dense stage about 1.6x slower)")
     dense.add_argument("--integrator", choices=INTEGRATORS, default=None,
                        help=f"neural-ode: time integrator (default {dd.integrator})")
 

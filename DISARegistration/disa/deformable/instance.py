@@ -47,7 +47,7 @@ def instance_optimize(terms: Sequence[Tuple[float, DenseTerm]], initial: Optiona
     param = start.clone().float().requires_grad_(True)
     optimizer = Adam([param], lr=lr)
     history = []
-    objective = LinearizedLoss(terms, bidirectional, linearize)
+    objective = LinearizedLoss(terms, linearize, bidirectional)
 
     def field() -> torch.Tensor:
         return smooth(param, smoothing_passes) if smoothing_passes else param

@@ -46,9 +46,10 @@ def quadratic_form(hessian: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 class LinearizedLoss:
     """``combined_loss(terms, disp, smoothness, bidirectional, regularizer)`` with its
     squared-difference terms replaced by their Gauss-Newton model around a reference displacement,
-    rebuilt when the displacement leaves ``radius`` voxels of it. ``radius`` 0: exact every call."""
+    rebuilt when the displacement leaves ``radius`` voxels of it. ``radius`` 0: exact every call
+    (the deformable pipeline's radius: ``DENSE_DEFAULTS.linearize``)."""
 
-    def __init__(self, terms: Sequence[Tuple[float, DenseTerm]], bidirectional: bool = True, radius: float = 0.5):
+    def __init__(self, terms: Sequence[Tuple[float, DenseTerm]], radius: float, bidirectional: bool = True):
         self.terms, self.bidirectional, self.radius = list(terms), bool(bidirectional), float(radius)
         modelled = [bool(w) and t.name in QUADRATIC_TERMS and radius > 0 for w, t in self.terms]
         self.modelled = [wt for wt, m in zip(self.terms, modelled) if m]
