@@ -18,8 +18,6 @@ starts, so a cancelled or failed run leaves the scene exactly as it was.
 from __future__ import annotations
 
 import inspect
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -33,6 +31,7 @@ from disa.registration.defaults import DENSE_TRANSFORMS
 from disa.spatial.frames import lps_to_ras_points, ras_to_lps_points
 
 from . import mrml_bridge as bridge
+from .job import RegistrationJob
 
 __all__ = ["RegistrationLogic", "RegistrationJob"]
 
@@ -170,7 +169,9 @@ class RegistrationLogic:
         bound.apply_defaults()  # register's defaults: one definition for both
         arguments = {name: value for name, value in bound.arguments.items() if name not in ("progress", "cancel")}
         run = self._prepare(**arguments)
-        return RegistrationJob(self, run, progress, _asCancelCallable(cancel))
+        return RegistrationJob(lambda report, cancelled: self._runEngine(run, report, cancelled),
+                               lambda engineResult: self._finish(run, engineResult),
+                               progress, _asCancelCallable(cancel))
 
     def _similarity(self, metric, weightsPath, precision, seed):
         """(what the engine gets as its metric, the metric's canonical name), parsed now so that a
@@ -522,103 +523,3 @@ class RegistrationLogic:
             display.SetAndObserveColorNodeID(MAP_COLOR_NODE_ID)
             display.AutoWindowLevelOn()
         return outputVolumeNode
-
-
-class RegistrationJob:
-    """A registration running on a worker thread (see RegistrationLogic.registerAsync).
-
-    ``done``: the worker has stopped (finished, failed or cancelled). ``error``: the exception
-    (disa.errors.CancelledError when cancelled), else None. ``progress``: the latest
-    (stage, fraction, message) or None. ``elapsed``: seconds since the start (until the worker
-    stopped). ``result``: the output transform node once the job is finished on the scene's thread
-    (``finish()``, or reading ``result``/``poll()`` there after the worker stopped).
-    """
-
-    def __init__(self, logic: RegistrationLogic, run: _Run, progress=None, cancel=None):
-        self._logic, self._run = logic, run
-        self._userProgress, self._userCancel = progress, cancel
-        self._cancelEvent = threading.Event()
-        self._owner = threading.get_ident()
-        self._engineResult = None
-        self._finished = False
-        self._reported = None
-        self.progress = None
-        self.error: Optional[BaseException] = None
-        self._result = None
-        self._started = time.perf_counter()
-        self._ended: Optional[float] = None
-        self._thread = threading.Thread(target=self._work, name="DISA registration", daemon=True)
-        self._thread.start()
-
-    def _cancelled(self) -> bool:
-        return self._cancelEvent.is_set() or (self._userCancel is not None and bool(self._userCancel()))
-
-    def _onProgress(self, stage, fraction, message):
-        self.progress = (stage, float(fraction), message)  # one assignment: atomic for readers
-
-    def _work(self):
-        try:
-            self._engineResult = self._logic._runEngine(self._run, self._onProgress, self._cancelled)
-        except BaseException as exc:  # reported through .error / finish() on the scene's thread
-            self.error = exc
-        finally:
-            self._ended = time.perf_counter()
-
-    # control ------------------------------------------------------------------------------------
-    def cancel(self) -> None:
-        """Ask the worker to stop at its next check (within a second); no node is changed."""
-        self._cancelEvent.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return isinstance(self.error, CancelledError)
-
-    @property
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    @property
-    def elapsed(self) -> float:
-        return (self._ended if self._ended is not None else time.perf_counter()) - self._started
-
-    def poll(self) -> bool:
-        """Forward the latest progress to the callback and, once the worker stopped, write the
-        result into the scene (only on the thread that started the job). Returns ``done``."""
-        if self._userProgress is not None and self.progress is not None and self.progress != self._reported:
-            self._reported = self.progress
-            self._userProgress(*self.progress)
-        done = self.done
-        if done and not self._finished and threading.get_ident() == self._owner:
-            self._finalize()
-        return done
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        """Block until the worker stopped (or ``timeout`` seconds passed); returns ``done``."""
-        self._thread.join(timeout)
-        return self.poll()
-
-    def _finalize(self):
-        self._finished = True
-        if self.error is not None:
-            return
-        try:
-            self._result = self._logic._finish(self._run, self._engineResult)
-        except BaseException as exc:
-            self.error = exc
-
-    @property
-    def result(self):
-        self.poll()
-        return self._result
-
-    def finish(self):
-        """Wait for the worker, write the result into the scene; returns the output transform node.
-
-        Raises the run's error (CancelledError when cancelled). Call it on the scene's thread.
-        """
-        if threading.get_ident() != self._owner:
-            raise RuntimeError("RegistrationJob.finish() must be called on the thread that started the job")
-        self.wait()
-        if self.error is not None:
-            raise self.error
-        return self._result
