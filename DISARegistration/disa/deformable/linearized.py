@@ -20,11 +20,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .fields import smoothness_loss
-from .losses import DenseTerm, combined_loss
-
-#: Terms with a squared-difference form, modelled here; the others are evaluated exactly.
-QUADRATIC_TERMS = ("mind", "disa", "mse")
+from .losses import SQUARED_DIFFERENCE_TERMS, DenseTerm, combined_loss, regularization
 
 
 def gauss_newton_hessian(warped: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -51,7 +47,7 @@ class LinearizedLoss:
 
     def __init__(self, terms: Sequence[Tuple[float, DenseTerm]], radius: float, bidirectional: bool = True):
         self.terms, self.bidirectional, self.radius = list(terms), bool(bidirectional), float(radius)
-        modelled = [bool(w) and t.name in QUADRATIC_TERMS and radius > 0 for w, t in self.terms]
+        modelled = [bool(w) and t.name in SQUARED_DIFFERENCE_TERMS and radius > 0 for w, t in self.terms]
         self.modelled = [wt for wt, m in zip(self.terms, modelled) if m]
         self.exact = [wt for wt, m in zip(self.terms, modelled) if wt[0] and not m]
         self.reference: Optional[torch.Tensor] = None
@@ -68,7 +64,7 @@ class LinearizedLoss:
         if self.exact:
             total = total + combined_loss(self.exact, disp, 0.0, self.bidirectional)
         if smoothness:
-            total = total + smoothness * (smoothness_loss(disp) if regularizer is None else regularizer)
+            total = total + regularization(disp, smoothness, regularizer)
         return total
 
     def refresh(self, reference: torch.Tensor) -> None:
@@ -78,8 +74,7 @@ class LinearizedLoss:
         for weight, term in self.modelled:
             for backward in ((False, True) if self.bidirectional else (False,)):
                 loss, warped, region = term.direction(u, backward)
-                # the loss is sum_x region * mean_c (.)^2 / sum(region): per-voxel weight below
-                a = region.detach() / (warped.shape[1] * region.detach().sum().clamp_min(1e-12))
+                a = term.voxel_weights(warped.detach(), region.detach())
                 h = gauss_newton_hessian(warped.detach(), a * weight)
                 hessian = h if hessian is None else hessian + h
                 value = value + weight * loss

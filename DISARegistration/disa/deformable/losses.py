@@ -33,6 +33,9 @@ from .fields import smoothness_loss, warp
 
 #: Radius (working voxels) of local normalization (lncc, and ncc's discrete features).
 LOCAL_RADIUS = 2
+#: Terms whose loss is a region mean of the channel-mean squared difference (``DenseTerm.score``),
+#: the form ``linearized`` models.
+SQUARED_DIFFERENCE_TERMS = ("mind", "disa", "mse")
 
 
 @dataclass
@@ -71,6 +74,13 @@ class DenseTerm:
             eta_ref, eta_warped = (eta[1], eta[0]) if backward else (eta[0], eta[1])
             return 1.0 - ngf(reference, warped, region, self.spacing, eta_ref, eta_warped)[0]
         raise InputError(f"similarity {name!r} has no dense form; use one of {', '.join(DENSE_METRICS)}")
+
+    def voxel_weights(self, warped: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        """Per-voxel weights a(x) of a squared-difference term: its loss is
+        sum_x a(x) sum_c (reference - warped)^2, the mean over ``region`` and the channels."""
+        if self.name not in SQUARED_DIFFERENCE_TERMS:
+            raise InputError(f"similarity {self.name!r} is not a squared difference")
+        return region / (warped.shape[1] * region.sum().clamp_min(1e-12))
 
     def __post_init__(self):
         # Each image's features with its content mask as a last channel, so that one sampling
@@ -196,5 +206,10 @@ def combined_loss(terms: Sequence[Tuple[float, DenseTerm]], disp: torch.Tensor, 
     if total is None:
         raise InputError("a combined loss needs at least one similarity term with a positive weight")
     if smoothness:
-        total = total + smoothness * (smoothness_loss(disp) if regularizer is None else regularizer)
+        total = total + regularization(disp, smoothness, regularizer)
     return total
+
+
+def regularization(disp: torch.Tensor, smoothness: float, regularizer: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``smoothness`` times ``regularizer``, or times the diffusion of ``disp`` when it is None."""
+    return smoothness * (smoothness_loss(disp) if regularizer is None else regularizer)
