@@ -79,6 +79,8 @@ def test_bad_options_are_refused(case):
         register(fixed, moving, metric="mind", transform="bspline-ish")
     with pytest.raises(InputError, match="initial transform"):
         register(fixed, moving, metric="mind", initial=np.zeros((4, 4)))
+    with pytest.raises(InputError, match="sample stride"):
+        register(fixed, moving, metric="mind", sample_stride=0)
 
 
 def test_zero_variance_and_nan_images_are_refused(case):

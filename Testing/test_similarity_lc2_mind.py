@@ -265,6 +265,30 @@ def test_mind_warps_only_the_fixed_mask_with_the_same_values(case24_levels):
     assert torch.allclose(both, 0.5 * values + 0.5 * alone, atol=1e-4)  # float32 sums
 
 
+@pytest.mark.parametrize("masked", [True, False])
+def test_mind_sampled_scores_a_lattice_of_the_fixed_voxels(case24_levels, masked):
+    """``sampled(2)`` (the linear start of a dense registration) scores every second voxel along
+    each axis: the same similarity, gradient and overlap as the whole box with only that lattice
+    in its mask, on about an eighth of the points; with the ultrasound fan's mask and without one."""
+    f, mv = case24_levels
+    fl, ml = resample_to_spacing(f, 1.5), moving_level(mv, 1.5)
+    if not masked:
+        fl = fl.same_geometry(fl.data, None)
+    full = make_similarity("mind").at_scale(2 / 3).prepare(fl, ml)
+    sparse = full.sampled(2)
+    assert full.sampled(1) is full and sparse is not full
+    zyx = torch.stack(torch.meshgrid(*[torch.arange(n) for n in full.fixed.shape[-3:]], indexing="ij"))
+    lattice = (zyx % 2 == 0).all(0)[None].float()
+    inside = lattice if full.box_mask is None else lattice * full.box_mask
+    n_full = full.fixed[0].numel() if full.points is None else len(full.points)
+    assert len(sparse.points) == int(inside.sum()) and 0.08 < len(sparse.points) / n_full < 0.2
+    whole = copy.copy(full)
+    whole.points, whole.fixed_mask, whole.box_mask = None, inside, inside
+    scores_of_sparse_and_whole(sparse, whole, (fl, ml), make_model("rigid", f.center()), 1)
+    tiny = make_similarity("mind").at_scale(0.5).prepare(resample_to_spacing(f, 3.0), moving_level(mv, 3.0))
+    assert tiny.sampled(2) is tiny  # too few points left to sample: every voxel is kept
+
+
 @pytest.mark.parametrize("metric", ["mse", "ncc"])
 def test_pointwise_measures_warp_only_the_voxels_they_read(case24_levels, metric):
     """MSE and NCC read each fixed voxel alone, inside the fixed mask: the objective warps only

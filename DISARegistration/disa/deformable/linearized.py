@@ -5,12 +5,12 @@ near a reference ``r`` is, per voxel x (weights ``a(x)``: the term's region over
 
     L(r + d) ~ L(r) + g . d + sum_x a(x) d(x)^T H(x) d(x),   H(x) = sum_c G_c(x) G_c(x)^T,
 
-with ``g`` the exact gradient at ``r`` (autograd through the trilinear warp) and ``G_c`` the
-spatial gradient of the warped channel c (central differences of the warped features: the
-derivative of the features sampled at x + u to first order in the field's own gradient). Between
-refreshes an iteration costs a few element-wise operations on 10 numbers per voxel instead of two
-trilinear warps of all channels and their gradients, which took about 60-75% of every dense
-iteration on a CPU. The model is rebuilt at the current displacement once any voxel has moved
+with ``G_c`` the spatial gradient of the warped channel c (central differences of the warped
+features: the derivative of the features sampled at x + u to first order in the field's own
+gradient) and ``g`` the gradient at ``r`` built from them too (the derivative
+``fields.warp_features`` gives every dense loss). Between refreshes an iteration costs a few
+element-wise operations on 10 numbers per voxel instead of two trilinear warps of all channels
+and their gradients, which took about 60-75% of every dense iteration on a CPU. The model is rebuilt at the current displacement once any voxel has moved
 more than ``radius`` working voxels from the reference (trilinear features are close to linear
 within a voxel). Other terms (NCC, LNCC, MI, NGF) stay exact.
 """
@@ -23,12 +23,18 @@ import torch
 from .losses import SQUARED_DIFFERENCE_TERMS, DenseTerm, combined_loss, regularization
 
 
-def gauss_newton_hessian(warped: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """(1, 6, Z, Y, X): ``weight`` times the entries xx, yy, zz, xy, xz, yz of sum_c G_c G_c^T,
-    G_c the (x, y, z) voxel gradient of channel c of ``warped`` (1, C, Z, Y, X)."""
+def gauss_newton_terms(warped: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                       sign: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(gradient (1, 3, Z, Y, X), Hessian (1, 6, Z, Y, X)) of sum_x weight(x) sum_c (target_c -
+    warped_c)^2 in the displacement, ``warped`` (1, C, Z, Y, X) sampled at x + sign * disp(x):
+    with G_c the (x, y, z) voxel gradient of warped channel c, the gradient is sign * 2 * weight *
+    sum_c (warped_c - target_c) G_c (``fields.warp_features``' derivative) and the Hessian's
+    entries xx, yy, zz, xy, xz, yz those of weight * sum_c G_c G_c^T."""
     gx, gy, gz = torch.gradient(warped, dim=(4, 3, 2))
+    residual = (warped - target) * (2.0 * sign * weight)
+    gradient = torch.cat([(residual * g).sum(1, keepdim=True) for g in (gx, gy, gz)], 1)
     pairs = ((gx, gx), (gy, gy), (gz, gz), (gx, gy), (gx, gz), (gy, gz))
-    return torch.cat([(a * b).sum(1, keepdim=True) for a, b in pairs], 1) * weight
+    return gradient, torch.cat([(a * b).sum(1, keepdim=True) for a, b in pairs], 1) * weight
 
 
 def quadratic_form(hessian: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
@@ -68,16 +74,16 @@ class LinearizedLoss:
         return total
 
     def refresh(self, reference: torch.Tensor) -> None:
-        """Rebuild the model at ``reference``: one exact evaluation with its gradient."""
-        u = reference.clone().requires_grad_(True)
-        value, hessian = 0.0, None
-        for weight, term in self.modelled:
-            for backward in ((False, True) if self.bidirectional else (False,)):
-                loss, warped, region = term.direction(u, backward)
-                a = term.voxel_weights(warped.detach(), region.detach())
-                h = gauss_newton_hessian(warped.detach(), a * weight)
-                hessian = h if hessian is None else hessian + h
-                value = value + weight * loss
-        self.gradient = torch.autograd.grad(value, u)[0]
-        self.value, self.hessian, self.reference = value.detach(), hessian, reference
+        """Rebuild the model at ``reference``: one exact evaluation, its gradient and Hessian from
+        the warped features (no autograd: the same derivative as ``warp_features``')."""
+        value, gradient, hessian = 0.0, 0.0, 0.0
+        with torch.no_grad():
+            for weight, term in self.modelled:
+                for backward in ((False, True) if self.bidirectional else (False,)):
+                    loss, warped, region = term.direction(reference, backward)
+                    target = term.moving if backward else term.fixed  # the backward warp is by -disp
+                    g, h = gauss_newton_terms(warped, target, term.voxel_weights(warped, region) * weight,
+                                              -1.0 if backward else 1.0)
+                    value, gradient, hessian = value + weight * loss, gradient + g, hessian + h
+        self.value, self.gradient, self.hessian, self.reference = value, gradient, hessian, reference
         self.refreshes += 1

@@ -29,7 +29,7 @@ from ..similarity.ngf import mean_gradient_norm, ngf
 from ..spatial import Image, resample_image
 from ..spatial.filters import box_mean
 from .defaults import DENSE_METRICS
-from .fields import smoothness_loss, warp
+from .fields import smoothness_loss, warp_features
 
 #: Radius (working voxels) of local normalization (lncc, and ncc's discrete features).
 LOCAL_RADIUS = 2
@@ -114,7 +114,7 @@ class DenseTerm:
 
     def _warp_with_valid(self, which: str, disp: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The features of one image and its content mask (no gradient) warped by ``disp``."""
-        out = warp(self.stacks[which], disp)
+        out = warp_features(self.stacks[which], disp)
         return out[:, :-1], out[:, -1:].detach()
 
     def discrete_features(self) -> Tuple[torch.Tensor, torch.Tensor]:

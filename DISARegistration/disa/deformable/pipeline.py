@@ -119,8 +119,9 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
             def scaled(stage, fraction, message):
                 if progress is not None:
                     progress(stage, LINEAR_PROGRESS * fraction, message)
-            if linear_options.get("oversample") is None:
-                linear_options["oversample"] = D.linear_oversample
+            for option, value in (("oversample", D.linear_oversample), ("sample_stride", D.linear_sample_stride)):
+                if linear_options.get(option) is None:
+                    linear_options[option] = value
             linear = register(fixed, moving, metric=str(spec), transform=s["linear_transform"], initial=initial,
                               seed=s["seed"], device=device, threads=n_threads, progress=scaled, cancel=cancel,
                               weights=weights, **linear_options)

@@ -120,6 +120,7 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
              optimizer: Optional[str] = None, spacings: Optional[Sequence[float]] = None,
              max_evals: Optional[int] = None, device: str = DEFAULTS.device, seed: int = DEFAULTS.seed,
              fixed_mask=DEFAULTS.fixed_mask, moving_mask="auto", oversample: Optional[int] = None,
+             sample_stride: Optional[int] = None,
              search: str = DEFAULTS.search, search_preset: str = DEFAULTS.search_preset,
              search_rotation: Optional[float] = DEFAULTS.search_rotation,
              search_translation: Optional[float] = DEFAULTS.search_translation,
@@ -146,6 +147,9 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
     searches locally. ``oversample``: the moving features live on a grid this many times
     finer than the working spacing (see ``moving_level``; None: ``OVERSAMPLE``, or
     ``DENSE_DEFAULTS.linear_oversample`` for the linear start of a dense registration).
+    ``sample_stride``: a measure that is a mean over independent fixed voxels (MIND-SSC) scores
+    every this-many-th voxel along each axis (``Prepared.sampled``; None: 1, every voxel, or
+    ``DENSE_DEFAULTS.linear_sample_stride`` for the linear start of a dense registration).
     ``precision``: of DISA descriptors (float32; bfloat16, or float16 on CUDA, on request).
     ``weights``: a DISA weights file.
     ``threads``: CPU threads of the run (None: every CPU of the machine); the result depends on
@@ -168,7 +172,8 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
             fixed, moving, transform=str(transform).lower(), metric=metric, initial=initial, seed=seed,
             device=device, threads=threads, weights=weights, fixed_mask=fixed_mask, progress=progress, cancel=cancel,
             optimizer=optimizer, spacings=spacings, max_evals=max_evals, moving_mask=moving_mask,
-            oversample=oversample, search=search, search_preset=search_preset, search_rotation=search_rotation,
+            oversample=oversample, sample_stride=sample_stride, search=search, search_preset=search_preset,
+            search_rotation=search_rotation,
             search_translation=search_translation, search_samples=search_samples, search_starts=search_starts,
             precision=precision, **(dense or {}))
     if dense:
@@ -176,6 +181,7 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
                          f"neural-ode transform, not {transform}")
     n_threads = check_int("threads", threads, 1, 4096) if threads is not None else machine_threads()
     oversample = OVERSAMPLE if oversample is None else check_int("oversample", oversample, 1, 4)
+    sample_stride = 1 if sample_stride is None else check_int("sample stride", sample_stride, 1, 8)
     with torch_threads(n_threads):
         started = time.perf_counter()
         settings = check_settings(transform, search, search_rotation, search_translation, search_samples,
@@ -223,6 +229,7 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
                 m_level = moving_level(moving, spacing, oversample if similarity.oversampled_moving else 1).to(dev)
                 monitor.check()
                 prepared = similarity.at_scale(min(spacings) / spacing).prepare(f_level, m_level)
+                prepared = prepared.sampled(sample_stride)
                 monitor.check()
                 objectives[level] = Objective(prepared, f_level, m_level, model, initial)
             return objectives[level]

@@ -64,6 +64,13 @@ class Prepared:
         coarser level to run on (``registration/search.py``); by default this measure itself."""
         return self
 
+    def sampled(self, stride: int) -> "Prepared":
+        """This measure scoring every ``stride``-th fixed voxel along each axis, where its value is a
+        mean over independent voxels (MIND-SSC) so a lattice estimates it; measures that need
+        the whole grid (histograms, local statistics, DISA's own descriptor grid) return
+        themselves."""
+        return self
+
     def region(self, valid: torch.Tensor) -> torch.Tensor:
         """Valid points that are also inside the fixed mask, (B, 1, Z, Y, X) float."""
         return valid if self.fixed_mask is None else valid * self.fixed_mask

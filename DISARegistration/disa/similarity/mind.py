@@ -1,6 +1,8 @@
 """MIND-SSC similarity: negative mean squared difference of the 12-channel descriptors."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -34,6 +36,10 @@ def unrelated_ssd(fixed: torch.Tensor, moving: torch.Tensor, fixed_mask=None) ->
     return float(val.mean())
 
 
+#: ``PreparedMIND.sampled`` keeps every voxel when a lattice would leave fewer points than this.
+MIN_SAMPLED_POINTS = 1000
+
+
 class PreparedMIND(Prepared):
     """Fixed MIND-SSC descriptors (C, Z, Y, X) on the fixed mask's bounding box.
 
@@ -55,6 +61,21 @@ class PreparedMIND(Prepared):
             self.points = zyx.flip(1)  # (N, 3) voxel indices (x, y, z)
             self.fixed_points = fixed[:, zyx[:, 0], zyx[:, 1], zyx[:, 2]][:, None, None]  # (C, 1, 1, N)
             self.fixed_mask = None
+
+    def sampled(self, stride: int) -> "PreparedMIND":
+        if stride == 1:
+            return self
+        out = copy.copy(self)
+        if out.points is None:  # every voxel of the box is a point
+            out.points = torch.nonzero(torch.ones(self.fixed.shape[-3:], dtype=torch.bool)).flip(1)
+        keep = (out.points % stride == 0).all(dim=1)
+        if int(keep.sum()) < MIN_SAMPLED_POINTS:  # a small box or mask: too few points left to sample
+            return self
+        out.points = out.points[keep]
+        xyz = out.points
+        out.fixed_points = self.fixed[:, xyz[:, 2], xyz[:, 1], xyz[:, 0]][:, None, None]
+        out.fixed_mask = None
+        return out
 
     def evaluate(self, warped, valid):
         if warped.shape[-3:] == self.fixed.shape[-3:]:  # the whole box
