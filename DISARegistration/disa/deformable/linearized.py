@@ -10,9 +10,10 @@ features: the derivative of the features sampled at x + u to first order in the 
 gradient) and ``g`` the gradient at ``r`` built from them too (the derivative
 ``fields.warp_features`` gives every dense loss). Between refreshes an iteration costs a few
 element-wise operations on 10 numbers per voxel instead of two trilinear warps of all channels
-and their gradients, which took about 60-75% of every dense iteration on a CPU. The model is rebuilt at the current displacement once any voxel has moved
-more than ``radius`` working voxels from the reference (trilinear features are close to linear
-within a voxel). Other terms (NCC, LNCC, MI, NGF) stay exact.
+and their gradients, which took about 60-75% of every dense iteration on a CPU. The model is
+rebuilt at the current displacement once any voxel has moved more than ``radius`` working voxels
+from the reference (trilinear features are close to linear within a voxel). Other terms (NCC,
+LNCC, MI, NGF) stay exact.
 """
 from __future__ import annotations
 

@@ -173,8 +173,8 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
             device=device, threads=threads, weights=weights, fixed_mask=fixed_mask, progress=progress, cancel=cancel,
             optimizer=optimizer, spacings=spacings, max_evals=max_evals, moving_mask=moving_mask,
             oversample=oversample, sample_stride=sample_stride, search=search, search_preset=search_preset,
-            search_rotation=search_rotation,
-            search_translation=search_translation, search_samples=search_samples, search_starts=search_starts,
+            search_rotation=search_rotation, search_translation=search_translation, search_samples=search_samples,
+            search_starts=search_starts,
             precision=precision, **(dense or {}))
     if dense:
         raise InputError(f"dense settings ({', '.join(sorted(dense))}) need a deformable, diffeomorphic or "
