@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -85,8 +85,18 @@ class _FeatureWarp(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (out,) = ctx.saved_tensors
-        gradients = torch.gradient(out, dim=(4, 3, 2))  # x, y, z
-        return None, torch.cat([(grad_out * g).sum(1, keepdim=True) for g in gradients], 1)
+        return None, displacement_gradient(grad_out, spatial_gradients(out))
+
+
+def spatial_gradients(features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (x, y, z) voxel gradients G_c of (B, C, Z, Y, X) features, by central differences."""
+    return torch.gradient(features, dim=(4, 3, 2))
+
+
+def displacement_gradient(grad_features: torch.Tensor, gradients) -> torch.Tensor:
+    """(B, 3, Z, Y, X) derivative in the displacement of a loss whose derivative in the warped
+    features is ``grad_features``: sum_c grad_c * G_c (``warp_features``' rule)."""
+    return torch.cat([(grad_features * g).sum(1, keepdim=True) for g in gradients], 1)
 
 
 def warp_features(data: torch.Tensor, disp: torch.Tensor) -> torch.Tensor:

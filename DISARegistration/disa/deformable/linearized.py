@@ -21,6 +21,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
+from .fields import displacement_gradient, spatial_gradients
 from .losses import SQUARED_DIFFERENCE_TERMS, DenseTerm, combined_loss, regularization
 
 
@@ -31,9 +32,8 @@ def gauss_newton_terms(warped: torch.Tensor, target: torch.Tensor, weight: torch
     with G_c the (x, y, z) voxel gradient of warped channel c, the gradient is sign * 2 * weight *
     sum_c (warped_c - target_c) G_c (``fields.warp_features``' derivative) and the Hessian's
     entries xx, yy, zz, xy, xz, yz those of weight * sum_c G_c G_c^T."""
-    gx, gy, gz = torch.gradient(warped, dim=(4, 3, 2))
-    residual = (warped - target) * (2.0 * sign * weight)
-    gradient = torch.cat([(residual * g).sum(1, keepdim=True) for g in (gx, gy, gz)], 1)
+    gx, gy, gz = spatial_gradients(warped)
+    gradient = displacement_gradient((warped - target) * (2.0 * sign * weight), (gx, gy, gz))
     pairs = ((gx, gx), (gy, gy), (gz, gz), (gx, gy), (gx, gz), (gy, gz))
     return gradient, torch.cat([(a * b).sum(1, keepdim=True) for a, b in pairs], 1) * weight
 

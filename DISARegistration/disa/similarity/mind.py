@@ -59,8 +59,12 @@ class PreparedMIND(Prepared):
         if fixed_mask is not None:
             zyx = torch.nonzero(fixed_mask[0] > 0.5)
             self.points = zyx.flip(1)  # (N, 3) voxel indices (x, y, z)
-            self.fixed_points = fixed[:, zyx[:, 0], zyx[:, 1], zyx[:, 2]][:, None, None]  # (C, 1, 1, N)
+            self.fixed_points = self.descriptors_at(self.points)
             self.fixed_mask = None
+
+    def descriptors_at(self, points: torch.Tensor) -> torch.Tensor:
+        """(C, 1, 1, N) fixed descriptors at (N, 3) voxel indices (x, y, z)."""
+        return self.fixed[:, points[:, 2], points[:, 1], points[:, 0]][:, None, None]
 
     def sampled(self, stride: int) -> "PreparedMIND":
         if stride == 1:
@@ -72,9 +76,7 @@ class PreparedMIND(Prepared):
         if int(keep.sum()) < MIN_SAMPLED_POINTS:  # a small box or mask: too few points left to sample
             return self
         out.points = out.points[keep]
-        xyz = out.points
-        out.fixed_points = self.fixed[:, xyz[:, 2], xyz[:, 1], xyz[:, 0]][:, None, None]
-        out.fixed_mask = None
+        out.fixed_points = self.descriptors_at(out.points)  # fixed_mask is None: every point counts
         return out
 
     def evaluate(self, warped, valid):
