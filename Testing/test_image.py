@@ -133,3 +133,50 @@ def test_threaded_grid_sample_gives_torch_values_and_gradients(shape):
     assert torch.allclose(two[2], ref[2], atol=1e-5) and not torch.equal(two[2], torch.zeros_like(two[2]))
     assert torch.equal(three[0], ref[0]) and torch.equal(three[1], ref[1])  # another slab count
     assert all(torch.equal(a, b) for a, b in zip(one, ref))
+
+
+@pytest.mark.parametrize("dims", [4, 5])
+def test_channels_fastest_samples_the_same_bit_for_bit(dims):
+    """``channels_fastest`` relays a source in memory only: the same shape and values, and the
+    same samples and grid gradients, bit for bit, at points (a linear objective) and on a grid."""
+    from disa.spatial.image import sample
+    from disa.spatial.sampling import channels_fastest
+
+    g = torch.Generator().manual_seed(5)
+    source = torch.randn(12, 20, 24, 28, generator=g)
+    relaid = channels_fastest(source if dims == 4 else source[None])
+    assert relaid.shape == (source.shape if dims == 4 else (1, *source.shape))
+    assert torch.equal(relaid.reshape(source.shape), source) and relaid.stride()[-4 if dims == 4 else 1] == 1
+    for shape in [(1, 1, 5000), (9, 10, 11)]:
+        grid = torch.rand(1, *shape, 3, generator=g) * 2.2 - 1.1
+        outs = []
+        for src in (source, relaid if dims == 4 else relaid[0]):
+            grd = grid.clone().requires_grad_(True)
+            out, inside = sample(src, grd)
+            (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+            outs.append((out.detach(), inside, grd.grad))
+        assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+def test_crop_to_box_keeps_what_a_resampling_reads():
+    """``crop_to_box``: the part of an oblique image that a smaller target grid reads through a
+    rotation and shift (plus a margin): resampling the crop gives the same values and mask as the
+    whole image; a target that covers the image, or a zero crop, returns the image itself."""
+    from disa.spatial import resample_image
+    from disa.spatial.image import crop_to_box
+
+    img = oblique_blob(shape=(40, 44, 48))
+    img = img.same_geometry(img.data, img.data > 0.02)
+    target = resample_to_spacing(img, 1.5)
+    target = Image(target.data[:, 8:20, 6:18, 5:19], target.spacing,
+                   (target.index_to_world() @ [5, 6, 8, 1])[:3], target.direction)
+    matrix = np.eye(4)
+    matrix[:3, :3] = Rotation.from_rotvec([0.1, 0.05, -0.15]).as_matrix()
+    matrix[:3, 3] = [1.5, -2.0, 0.8]
+    for m in (None, matrix):
+        crop = crop_to_box(img, target, m, margin_mm=2.0)
+        assert crop.data.numel() < 0.5 * img.data.numel()
+        whole, part = resample_image(img, target, m), resample_image(crop, target, m)
+        assert torch.allclose(whole.data, part.data, atol=1e-5) and torch.equal(whole.mask, part.mask)
+        assert 0.02 < float(whole.mask.float().mean()) < 0.9 and float(whole.data.max()) > 0.5  # not vacuous
+    assert crop_to_box(img, img) is img and crop_to_box(img, target, matrix, margin_mm=500.0) is img

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from disa.errors import CancelledError, InputError
 from disa.evaluate import read_landmarks, registration_errors, transform_points
@@ -79,8 +80,10 @@ def test_bad_options_are_refused(case):
         register(fixed, moving, metric="mind", transform="bspline-ish")
     with pytest.raises(InputError, match="initial transform"):
         register(fixed, moving, metric="mind", initial=np.zeros((4, 4)))
-    with pytest.raises(InputError, match="sample stride"):
-        register(fixed, moving, metric="mind", sample_stride=0)
+    with pytest.raises(InputError, match="sample points"):
+        register(fixed, moving, metric="mind", sample_points=10)
+    with pytest.raises(InputError, match="moving margin"):
+        register(fixed, moving, metric="mind", moving_margin=-1.0)
 
 
 def test_zero_variance_and_nan_images_are_refused(case):
@@ -167,3 +170,50 @@ def test_disa_levels_keep_48_coarse_voxels_across_the_content():
     assert default_spacings(grid, grid, MIND, 48.0) == [2.0, 1.0]
     assert default_spacings(grid, grid, MIND, 24.0) == [1.0, 0.5]
     assert default_spacings(grid, mr, MIND, 24.0) == [2.0, 1.0]
+
+
+def test_moving_margin_reads_only_the_reachable_part_of_the_moving_image(case, monkeypatch):
+    """``moving_margin``: the moving levels are built from the moving image within that many mm of
+    the fixed box at the start pose (widened by a global search's ranges), so voxels beyond it
+    cannot change the result: shuffled there (same intensities, so the same normalization), the
+    registration ends where it did (without the margin it does not)."""
+    import disa.registration.pipeline as pipeline
+    from disa.registration.search import search_reach
+    from disa.spatial.image import box_corners
+
+    fixed, moving, _, _ = case
+    x0, y0, z0 = 30, 30, 25
+    part = Image(fixed.data[:, z0:z0 + 45, y0:y0 + 50, x0:x0 + 50], fixed.spacing,
+                 (fixed.index_to_world() @ [x0, y0, z0, 1.0])[:3], fixed.direction)
+    start = rigid_matrix((2.0, -1.5, 1.0), (1.5, 1.0, -1.0), part.center())
+    margin = 4.0
+    seen = []
+    real = pipeline.moving_level
+    monkeypatch.setattr(pipeline, "moving_level", lambda m, *a, **k: seen.append(m.extent()) or real(m, *a, **k))
+    # moving voxels beyond the margin (plus a voxel) around the box the fixed image covers at the start
+    corners = np.c_[box_corners(part), np.ones(8)] @ (moving.world_to_index() @ start).T
+    pad = (margin + 1.0) / moving.spacing
+    low, high = corners[:, :3].min(0) - pad, corners[:, :3].max(0) + pad
+    z, y, x = np.meshgrid(*[np.arange(n) for n in moving.shape], indexing="ij")
+    far = (x < low[0]) | (x > high[0]) | (y < low[1]) | (y > high[1]) | (z < low[2]) | (z > high[2])
+    assert 0.3 < far.mean() < 0.9
+    data = moving.data[0].numpy().copy()
+    data[far] = np.random.default_rng(0).permutation(data[far])
+    shuffled = moving.same_geometry(torch.from_numpy(data)[None], moving.mask)
+
+    def runs(margin_mm):
+        return [register(part, m, metric="mind", search="local", initial=start, moving_margin=margin_mm,
+                         spacings=[2.0, 1.0]).matrix for m in (moving, shuffled)]
+
+    whole = runs(None)
+    assert np.abs(whole[1] - whole[0]).max() > 0.1  # the whole moving image is read: the shuffle shows
+    seen.clear()
+    cut = runs(margin)
+    np.testing.assert_allclose(cut[1], cut[0], atol=1e-4)
+    box = np.ptp(corners[:, :3], 0) * moving.spacing + 2 * margin + 3 * moving.spacing  # floor, ceil, end
+    assert all(np.all(e <= box) for e in seen) and len(seen) == 4
+    seen.clear()
+    register(part, moving, metric="mind", search="global", search_rotation=5.0, search_translation=3.0,
+             search_samples=16, search_starts=1, initial=start, moving_margin=margin, max_evals=5, spacings=[2.0])
+    wider = box + 2 * search_reach(box_corners(part), part.center(), 5.0, 3.0)
+    assert any(np.any(e > box) for e in seen) and all(np.all(e <= wider) for e in seen)

@@ -267,26 +267,40 @@ def test_mind_warps_only_the_fixed_mask_with_the_same_values(case24_levels):
 
 @pytest.mark.parametrize("masked", [True, False])
 def test_mind_sampled_scores_a_lattice_of_the_fixed_voxels(case24_levels, masked):
-    """``sampled(2)`` (the linear start of a dense registration) scores every second voxel along
-    each axis: the same similarity, gradient and overlap as the whole box with only that lattice
-    in its mask, on about an eighth of the points; with the ultrasound fan's mask and without one."""
+    """``sampled(max_points)`` (the linear start of a dense registration) scores the coarsest
+    lattice of fixed voxels that leaves at most ``max_points`` (every second voxel along each
+    axis for a sixth of the points, every third for a twentieth), but never fewer than
+    MIN_SAMPLED_POINTS (then the finer lattice): the same similarity, gradient and overlap as the
+    whole box with only that lattice in its mask; with the ultrasound fan's mask and without one."""
+    from disa.similarity.mind import MIN_SAMPLED_POINTS
+
     f, mv = case24_levels
     fl, ml = resample_to_spacing(f, 1.5), moving_level(mv, 1.5)
     if not masked:
         fl = fl.same_geometry(fl.data, None)
     full = make_similarity("mind").at_scale(2 / 3).prepare(fl, ml)
-    sparse = full.sampled(2)
-    assert full.sampled(1) is full and sparse is not full
-    zyx = torch.stack(torch.meshgrid(*[torch.arange(n) for n in full.fixed.shape[-3:]], indexing="ij"))
-    lattice = (zyx % 2 == 0).all(0)[None].float()
-    inside = lattice if full.box_mask is None else lattice * full.box_mask
     n_full = full.fixed[0].numel() if full.points is None else len(full.points)
-    assert len(sparse.points) == int(inside.sum()) and 0.08 < len(sparse.points) / n_full < 0.2
-    whole = copy.copy(full)
-    whole.points, whole.fixed_mask, whole.box_mask = None, inside, inside
-    scores_of_sparse_and_whole(sparse, whole, (fl, ml), make_model("rigid", f.center()), 1)
+    assert full.sampled(n_full) is full
+    zyx = torch.stack(torch.meshgrid(*[torch.arange(n) for n in full.fixed.shape[-3:]], indexing="ij"))
+
+    def lattice(stride):
+        on = (zyx % stride == 0).all(0)[None].float()
+        return on if full.box_mask is None else on * full.box_mask
+
+    for stride, budget in ((2, n_full // 6), (3, n_full // 20)):
+        sparse = full.sampled(budget)
+        if lattice(stride).sum() >= MIN_SAMPLED_POINTS:
+            inside = lattice(stride)
+            assert len(sparse.points) == int(inside.sum()) <= budget < int(lattice(stride - 1).sum())
+        else:  # the fan's mask thinned 27 times leaves too few: the finer lattice is kept
+            assert masked and stride == 3
+            inside = lattice(2)
+            assert len(sparse.points) == int(inside.sum()) > budget
+        whole = copy.copy(full)
+        whole.points, whole.fixed_mask, whole.box_mask = None, inside, inside
+        scores_of_sparse_and_whole(sparse, whole, (fl, ml), make_model("rigid", f.center()), 1)
     tiny = make_similarity("mind").at_scale(0.5).prepare(resample_to_spacing(f, 3.0), moving_level(mv, 3.0))
-    assert tiny.sampled(2) is tiny  # too few points left to sample: every voxel is kept
+    assert tiny.sampled(10) is tiny  # too few points left on any lattice: every voxel is kept
 
 
 @pytest.mark.parametrize("metric", ["mse", "ncc"])

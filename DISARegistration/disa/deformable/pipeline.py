@@ -25,7 +25,7 @@ from ..registration.options import check_int
 from ..registration.pipeline import prepare_image, resolve_device
 from ..registration.result import LevelReport, RegistrationResult
 from ..spatial import Image, resample_image
-from ..spatial.image import anti_alias_sigma, gaussian_blur
+from ..spatial.image import anti_alias_sigma, crop_to_box, gaussian_blur
 from ..threads import machine_threads, torch_threads
 from .defaults import DENSE_DEFAULTS as D
 from .diffeomorphic import register_neural_ode, register_svf
@@ -64,9 +64,13 @@ def linear_matrix(linear) -> np.ndarray:
 
 
 def on_grid(image: Image, grid: Image, matrix: Optional[np.ndarray] = None) -> Image:
-    """``image`` anti-aliased for and resampled onto ``grid`` (through ``matrix``)."""
-    ratio = float(np.mean(grid.spacing)) / image.spacing
-    blurred = image.same_geometry(gaussian_blur(image.data.float(), anti_alias_sigma(ratio)), image.mask)
+    """``image`` anti-aliased for and resampled onto ``grid`` (through ``matrix``). Only the part
+    the grid reads is blurred (with the blur's support around it: the same values): a whole-head
+    moving MR around a smaller fixed box costs several times the blur it needs."""
+    sigma = anti_alias_sigma(float(np.mean(grid.spacing)) / image.spacing)
+    support = float(((np.ceil(3.0 * sigma) + 2.0) * image.spacing).max())  # blur radius + trilinear's voxel
+    image = crop_to_box(image, grid, matrix, support)
+    blurred = image.same_geometry(gaussian_blur(image.data.float(), sigma), image.mask)
     return resample_image(blurred, grid, matrix)
 
 
@@ -119,7 +123,8 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
             def scaled(stage, fraction, message):
                 if progress is not None:
                     progress(stage, LINEAR_PROGRESS * fraction, message)
-            for option, value in (("oversample", D.linear_oversample), ("sample_stride", D.linear_sample_stride)):
+            for option, value in (("oversample", D.linear_oversample), ("sample_points", D.linear_sample_points),
+                                  ("moving_margin", D.linear_moving_margin)):
                 if linear_options.get(option) is None:
                     linear_options[option] = value
             linear = register(fixed, moving, metric=str(spec), transform=s["linear_transform"], initial=initial,

@@ -20,7 +20,7 @@ from ..similarity.base import Prepared
 from ..spatial import Image
 from ..spatial.bspline import sample_cubic
 from ..spatial.image import index_to_normalized, normalized_to_world, sample, world_to_normalized
-from ..spatial.sampling import grid_sample
+from ..spatial.sampling import channels_fastest, grid_sample
 from ..transforms.linear import LinearModel
 
 
@@ -41,6 +41,11 @@ class Objective:
         self.initial = torch.as_tensor(np.eye(4) if initial is None else initial, dtype=torch.float64,
                                        device=self.device)
         self.moving_mask = None if self.moving.mask is None else self.moving.mask.float().to(self.device)
+        # Every evaluation samples these: trilinear sampling reads them channel-fastest
+        # (``channels_fastest``: same values, relaid in place, so they are not held twice).
+        if prepared.interpolation != "cubic":
+            prepared.moving = channels_fastest(prepared.moving)
+        self.source = prepared.moving
         self.n_evals = 0
         # fixed grid -> LPS and LPS -> moving normalized coordinates, fixed per level
         self._to_moving = torch.as_tensor(world_to_normalized(self.moving), dtype=torch.float64, device=self.device)
@@ -104,7 +109,7 @@ class Objective:
 
     def warp(self, grid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Moving features and validity on the fixed grid for normalized sampling ``grid``."""
-        warped, valid = sample(self.prepared.moving, grid)
+        warped, valid = sample(self.source, grid)
         if self.moving_mask is not None:
             inside, _ = sample(self.moving_mask, grid.detach())
             valid = valid * (inside > 0.5).to(valid.dtype)
@@ -123,7 +128,7 @@ class Objective:
         if self.prepared.needs_valid:
             warped, valid = self.warp(grid)
         else:  # no validity mask: one grid_sample, no mask sampling or comparisons
-            src = self.prepared.moving
+            src = self.source
             if self.prepared.interpolation == "cubic":
                 warped = sample_cubic(src, grid)
             else:

@@ -23,8 +23,9 @@ from ..optim.base import ProgressCallback
 from ..similarity import MetricSpec, parse_metric
 from ..similarity.spec import REGISTRY
 from ..similarity.base import Similarity
+from ..similarity.mind import MIN_SAMPLED_POINTS
 from ..spatial import Image, foreground_mask, normalize_intensity, resample_to_spacing
-from ..spatial.image import VolumeInfo as Volume, check_image
+from ..spatial.image import VolumeInfo as Volume, box_corners, check_image, crop_to_box
 from ..threads import machine_threads, torch_threads
 from ..transforms import make_model
 from ..transforms.linear import Rigid
@@ -32,9 +33,9 @@ from ..transforms.probe_pressure import ProbePressure, check_probe
 from .defaults import DEFAULTS, DENSE_TRANSFORMS
 from .memory import check_memory, estimate_bytes
 from .objective import Objective
-from .options import check_int, check_settings, check_spacings
+from .options import check_int, check_range, check_settings, check_spacings
 from .result import LevelReport, RegistrationResult  # noqa: F401  (the result types live there)
-from .search import SEARCH_PROGRESS, distinct, global_starts, search_bounds
+from .search import SEARCH_PROGRESS, distinct, global_starts, search_bounds, search_reach
 
 #: The optimizer each similarity uses unless told otherwise: BOBYQA for measures evaluated
 #: without gradients (LC²), L-BFGS for differentiable ones.
@@ -120,7 +121,7 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
              optimizer: Optional[str] = None, spacings: Optional[Sequence[float]] = None,
              max_evals: Optional[int] = None, device: str = DEFAULTS.device, seed: int = DEFAULTS.seed,
              fixed_mask=DEFAULTS.fixed_mask, moving_mask="auto", oversample: Optional[int] = None,
-             sample_stride: Optional[int] = None,
+             sample_points: Optional[int] = None, moving_margin: Optional[float] = None,
              search: str = DEFAULTS.search, search_preset: str = DEFAULTS.search_preset,
              search_rotation: Optional[float] = DEFAULTS.search_rotation,
              search_translation: Optional[float] = DEFAULTS.search_translation,
@@ -147,9 +148,14 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
     searches locally. ``oversample``: the moving features live on a grid this many times
     finer than the working spacing (see ``moving_level``; None: ``OVERSAMPLE``, or
     ``DENSE_DEFAULTS.linear_oversample`` for the linear start of a dense registration).
-    ``sample_stride``: a measure that is a mean over independent fixed voxels (MIND-SSC) scores
-    every this-many-th voxel along each axis (``Prepared.sampled``; None: 1, every voxel, or
-    ``DENSE_DEFAULTS.linear_sample_stride`` for the linear start of a dense registration).
+    ``sample_points``: a measure that is a mean over independent fixed voxels (MIND-SSC) scores
+    at most this many per level, on a regular lattice (``Prepared.sampled``; None: every voxel,
+    or ``DENSE_DEFAULTS.linear_sample_points`` for the linear start of a dense registration).
+    ``moving_margin``: mm; the moving image is read only within this distance of where the fixed
+    image's box lies at the initial pose, widened by the global search's ranges when it runs
+    (``search.search_reach``): a pose beyond it sees no moving content there. None (default):
+    the whole moving image (``DENSE_DEFAULTS.linear_moving_margin`` for a dense registration's
+    linear start).
     ``precision``: of DISA descriptors (float32; bfloat16, or float16 on CUDA, on request).
     ``weights``: a DISA weights file.
     ``threads``: CPU threads of the run (None: every CPU of the machine); the result depends on
@@ -172,16 +178,18 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
             fixed, moving, transform=str(transform).lower(), metric=metric, initial=initial, seed=seed,
             device=device, threads=threads, weights=weights, fixed_mask=fixed_mask, progress=progress, cancel=cancel,
             optimizer=optimizer, spacings=spacings, max_evals=max_evals, moving_mask=moving_mask,
-            oversample=oversample, sample_stride=sample_stride, search=search, search_preset=search_preset,
-            search_rotation=search_rotation, search_translation=search_translation, search_samples=search_samples,
-            search_starts=search_starts,
-            precision=precision, **(dense or {}))
+            oversample=oversample, sample_points=sample_points, moving_margin=moving_margin, search=search,
+            search_preset=search_preset, search_rotation=search_rotation, search_translation=search_translation,
+            search_samples=search_samples, search_starts=search_starts, precision=precision, **(dense or {}))
     if dense:
         raise InputError(f"dense settings ({', '.join(sorted(dense))}) need a deformable, diffeomorphic or "
                          f"neural-ode transform, not {transform}")
     n_threads = check_int("threads", threads, 1, 4096) if threads is not None else machine_threads()
     oversample = OVERSAMPLE if oversample is None else check_int("oversample", oversample, 1, 4)
-    sample_stride = 1 if sample_stride is None else check_int("sample stride", sample_stride, 1, 8)
+    if sample_points is not None:
+        sample_points = check_int("sample points", sample_points, MIN_SAMPLED_POINTS, 1 << 40)
+    if moving_margin is not None:
+        moving_margin = check_range("moving margin", moving_margin, 1e4)
     with torch_threads(n_threads):
         started = time.perf_counter()
         settings = check_settings(transform, search, search_rotation, search_translation, search_samples,
@@ -214,6 +222,12 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
         bounds = _bounds(model, x)
         if search == "global":  # every sampled start and the steps beyond it lie inside
             bounds = search_bounds(bounds, model, settings["search_rotation"], settings["search_translation"])
+        if moving_margin is not None:  # only the part of the moving image the search can reach
+            reach = moving_margin
+            if search == "global":
+                reach += search_reach(box_corners(fixed), model.center, settings["search_rotation"],
+                                      settings["search_translation"])
+            moving = crop_to_box(moving, fixed, initial, reach)
         reports: List[LevelReport] = []
         initial_similarity = final_similarity = float("nan")
 
@@ -229,7 +243,7 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
                 m_level = moving_level(moving, spacing, oversample if similarity.oversampled_moving else 1).to(dev)
                 monitor.check()
                 prepared = similarity.at_scale(min(spacings) / spacing).prepare(f_level, m_level)
-                prepared = prepared.sampled(sample_stride)
+                prepared = prepared if sample_points is None else prepared.sampled(sample_points)
                 monitor.check()
                 objectives[level] = Objective(prepared, f_level, m_level, model, initial)
             return objectives[level]

@@ -77,6 +77,15 @@ def search_bounds(bounds: Sequence, model, rotation: float, translation: float) 
     return [(low - w, high + w) for (low, high), w in zip(bounds, widen)]
 
 
+def search_reach(box: np.ndarray, center: np.ndarray, rotation: float, translation: float) -> float:
+    """The farthest (mm) any point of ``box`` (corners, (8, 3) LPS) moves under a pose the search
+    samples: rotations of up to ``rotation`` degrees about each axis through ``center`` (together
+    at most sqrt(3) times that angle) and translations of up to ``translation`` mm along each."""
+    radius = float(np.linalg.norm(np.asarray(box) - np.asarray(center), axis=1).max())
+    angle = math.radians(min(180.0, math.sqrt(3.0) * rotation))
+    return math.sqrt(3.0) * translation + 2.0 * radius * math.sin(angle / 2.0)
+
+
 def keep_count(n: int, starts: int) -> int:
     """How many of ``n`` scored poses go on to the short local optimization."""
     return min(n, max(KEEP_PER_START * starts, math.ceil(KEEP_FRACTION * n)))

@@ -64,11 +64,12 @@ class Prepared:
         coarser level to run on (``registration/search.py``); by default this measure itself."""
         return self
 
-    def sampled(self, stride: int) -> "Prepared":
-        """This measure scoring every ``stride``-th fixed voxel along each axis, where its value is a
-        mean over independent voxels (MIND-SSC) so a lattice estimates it; measures that need
-        the whole grid (histograms, local statistics, DISA's own descriptor grid) return
-        themselves."""
+    def sampled(self, max_points: int) -> "Prepared":
+        """This measure scoring at most about ``max_points`` fixed voxels on a regular lattice
+        (every s-th voxel along each axis, s the smallest stride that leaves no more), where its
+        value is a mean over independent voxels (MIND-SSC) so a lattice estimates it; measures
+        that need the whole grid (histograms, local statistics, DISA's own descriptor grid)
+        return themselves."""
         return self
 
     def region(self, valid: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ def unrelated_ssd(fixed: torch.Tensor, moving: torch.Tensor, fixed_mask=None) ->
     return float(val.mean())
 
 
-#: ``PreparedMIND.sampled`` keeps every voxel when a lattice would leave fewer points than this.
+#: ``PreparedMIND.sampled`` never thins its points below this many (it keeps the finer lattice).
 MIN_SAMPLED_POINTS = 1000
 
 
@@ -66,16 +66,23 @@ class PreparedMIND(Prepared):
         """(C, 1, 1, N) fixed descriptors at (N, 3) voxel indices (x, y, z)."""
         return self.fixed[:, points[:, 2], points[:, 1], points[:, 0]][:, None, None]
 
-    def sampled(self, stride: int) -> "PreparedMIND":
-        if stride == 1:
+    def sampled(self, max_points: int) -> "PreparedMIND":
+        points = self.points
+        if points is None:  # every voxel of the box is a point
+            points = torch.nonzero(torch.ones(self.fixed.shape[-3:], dtype=torch.bool)).flip(1)
+        keep, count = None, len(points)
+        stride = max(1, int((count / max(max_points, 1)) ** (1 / 3)) - 1)  # a little below the answer
+        while count > max_points:  # the smallest stride that leaves at most max_points
+            stride += 1
+            lattice = (points % stride == 0).all(dim=1)
+            count = int(lattice.sum())
+            if count < MIN_SAMPLED_POINTS:  # a small box or mask: keep the finer lattice
+                break
+            keep = lattice
+        if keep is None:
             return self
         out = copy.copy(self)
-        if out.points is None:  # every voxel of the box is a point
-            out.points = torch.nonzero(torch.ones(self.fixed.shape[-3:], dtype=torch.bool)).flip(1)
-        keep = (out.points % stride == 0).all(dim=1)
-        if int(keep.sum()) < MIN_SAMPLED_POINTS:  # a small box or mask: too few points left to sample
-            return self
-        out.points = out.points[keep]
+        out.points = points[keep]
         out.fixed_points = self.descriptors_at(out.points)  # fixed_mask is None: every point counts
         return out
 

