@@ -223,9 +223,9 @@ def add_registration_options(p: argparse.ArgumentParser):
                                          f"components in the dense stage, 1 to {MIND_CHANNELS} (default "
                                          f"{dd.mind_components}; {MIND_CHANNELS} keeps them all)")
     dense.add_argument("--linearize", type=_checked(_non_negative, "linearize"), default=None, metavar="VOXELS",
-                       help="deformable: instance optimization uses the similarity's Gauss-Newton model, rebuilt "
-                            f"once the field has moved VOXELS working voxels (default {dd.linearize:g}; 0: exact "
-                            "every iteration, the dense stage about 1.6x slower)")
+                       help="deformable, diffeomorphic: the similarity's Gauss-Newton model in the displacement, "
+                            f"rebuilt once the field has moved VOXELS working voxels (default {dd.linearize:g}; 0: "
+                            "exact every iteration, the dense stage about 1.6x slower; neural-ode: always exact)")
     dense.add_argument("--integrator", choices=INTEGRATORS, default=None,
                        help=f"neural-ode: time integrator (default {dd.integrator})")
 

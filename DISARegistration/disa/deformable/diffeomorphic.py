@@ -33,7 +33,8 @@ from .fields import (
     smoothness_loss,
     voxel_scale,
 )
-from .losses import DenseTerm, combined_loss
+from .linearized import LinearizedLoss
+from .losses import DenseTerm
 
 
 def coarse_shape(shape, step: int):
@@ -94,20 +95,23 @@ Level = Tuple[Sequence[Tuple[float, DenseTerm]], Tuple[int, int, int], int]
 def optimize_loop(parameters, displacement: Callable[[tuple], Tuple[torch.Tensor, torch.Tensor]],
                   levels: Sequence[Level], lr: float, smoothness: float, jacobian_weight: float,
                   jacobian_floor: float, tolerance: float, patience: int, bidirectional: bool,
-                  monitor: Optional[Monitor]) -> Tuple[torch.Tensor, list]:
+                  monitor: Optional[Monitor], linearize: float = 0.0) -> Tuple[torch.Tensor, list]:
     """Adam on ``parameters``, level after level (coarse to fine); ``displacement(shape)``
     returns (displacement, velocity) in voxels of a working grid of ``shape``. The parameters
     live on a grid fixed in space, so they carry over from level to level unchanged; each level
-    stops after its iterations or once converged. Returns the finest displacement and, per
-    level, the losses of its iterations and its seconds."""
+    stops after its iterations or once converged. ``linearize``: the squared-difference terms
+    by their Gauss-Newton model in the displacement, rebuilt once it has moved this many voxels
+    (``linearized.LinearizedLoss``; 0: exact every iteration). Returns the finest displacement
+    and, per level, the losses of its iterations and its seconds."""
     optimizer = Adam(parameters, lr=lr)
     history = []
     for terms, shape, iterations in levels:
         level, started = [], time.perf_counter()
+        objective = LinearizedLoss(terms, linearize, bidirectional)
         for _ in range(int(iterations)):
             optimizer.zero_grad()
             disp, velocity = displacement(shape)
-            loss = combined_loss(terms, disp, smoothness, bidirectional, regularizer=smoothness_loss(velocity))
+            loss = objective(disp, smoothness, regularizer=smoothness_loss(velocity))
             if jacobian_weight:
                 loss = loss + jacobian_weight * folding_penalty(disp, jacobian_floor)
             loss.backward()
@@ -128,11 +132,12 @@ def optimize_loop(parameters, displacement: Callable[[tuple], Tuple[torch.Tensor
 def register_svf(levels: Sequence[Level], lr: float, smoothness: float, jacobian_weight: float,
                  jacobian_floor: float, squaring_steps: int, velocity_grid: int, tolerance: float,
                  patience: int, bidirectional: bool = True, monitor: Optional[Monitor] = None,
-                 initial: Optional[torch.Tensor] = None):
+                 initial: Optional[torch.Tensor] = None, linearize: float = 0.0):
     """Stationary velocity field registration over ``levels`` (coarse to fine); the velocity
     lives on a grid ``velocity_grid`` voxels of the finest level apart and starts at zero or,
-    given ``initial`` (a voxel displacement of any working grid), at that displacement. Returns
-    (voxel displacement on the finest grid, (losses, seconds) per level)."""
+    given ``initial`` (a voxel displacement of any working grid), at that displacement.
+    ``linearize``: see ``optimize_loop``. Returns (voxel displacement on the finest grid,
+    (losses, seconds) per level)."""
     device = levels[-1][0][0][1].fixed.device
     small = coarse_shape(levels[-1][1], velocity_grid)
     # exp(v) = u to first order: a given displacement is the velocity's start
@@ -145,7 +150,7 @@ def register_svf(levels: Sequence[Level], lr: float, smoothness: float, jacobian
         return resize_field(scaling_and_squaring(velocity, squaring_steps), shape), resize_field(velocity, shape)
 
     return optimize_loop([velocity], displacement, levels, lr, smoothness, jacobian_weight, jacobian_floor,
-                         tolerance, patience, bidirectional, monitor)
+                         tolerance, patience, bidirectional, monitor, linearize)
 
 
 def register_neural_ode(levels: Sequence[Level], lr: float, smoothness: float, jacobian_weight: float,

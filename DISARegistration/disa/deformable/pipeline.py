@@ -102,9 +102,10 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
     ``spacing``): ``iterations`` run on the finest, ``coarse_iterations`` on each coarser one.
     ``iterations``, ``coarse_iterations``, ``lr``, ``smoothness``: None takes the method's default
     (DENSE_DEFAULTS). ``mind_components``: MIND-SSC's 12 channels projected onto this many shared
-    principal components in the dense stage (12: unprojected). ``linearize`` (deformable): the
-    instance optimization's squared-difference terms by their Gauss-Newton model, rebuilt once
-    the field has moved this many working voxels (0: exact every iteration).
+    principal components in the dense stage (12: unprojected). ``linearize`` (deformable,
+    diffeomorphic; the neural-ODE stays exact): the squared-difference terms by their
+    Gauss-Newton model in the displacement, rebuilt once the field has moved this many working
+    voxels (0: exact every iteration).
     ``weights``: a DISA weights file. ``cancel`` is polled every iteration (CancelledError).
     Deterministic on a CPU for given inputs, settings, seed and thread count.
     """
@@ -197,8 +198,9 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
                       "tolerance": D.tolerance, "patience": D.patience, "bidirectional": bidirectional,
                       "monitor": monitor}
             if method == "diffeomorphic":
-                disp, history = register_svf(levels, squaring_steps=D.squaring_steps, initial=discrete, **common)
-                extra["squaring_steps"] = D.squaring_steps
+                disp, history = register_svf(levels, squaring_steps=D.squaring_steps, initial=discrete,
+                                             linearize=s["linearize"], **common)
+                extra.update(squaring_steps=D.squaring_steps, linearize_voxels=s["linearize"])
             else:
                 common["velocity_grid"] = D.ode_velocity_grid
                 disp, history = register_neural_ode(levels, integrator=s["integrator"], time_steps=s["time_steps"],
