@@ -45,7 +45,6 @@ class Objective:
         # (``channels_fastest``: same values, relaid in place, so they are not held twice).
         if prepared.interpolation != "cubic":
             prepared.moving = channels_fastest(prepared.moving)
-        self.source = prepared.moving
         self.n_evals = 0
         # fixed grid -> LPS and LPS -> moving normalized coordinates, fixed per level
         self._to_moving = torch.as_tensor(world_to_normalized(self.moving), dtype=torch.float64, device=self.device)
@@ -109,7 +108,7 @@ class Objective:
 
     def warp(self, grid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Moving features and validity on the fixed grid for normalized sampling ``grid``."""
-        warped, valid = sample(self.source, grid)
+        warped, valid = sample(self.prepared.moving, grid)
         if self.moving_mask is not None:
             inside, _ = sample(self.moving_mask, grid.detach())
             valid = valid * (inside > 0.5).to(valid.dtype)
@@ -128,7 +127,7 @@ class Objective:
         if self.prepared.needs_valid:
             warped, valid = self.warp(grid)
         else:  # no validity mask: one grid_sample, no mask sampling or comparisons
-            src = self.source
+            src = self.prepared.moving
             if self.prepared.interpolation == "cubic":
                 warped = sample_cubic(src, grid)
             else:

@@ -493,11 +493,16 @@ def crop_to_mask(image: Image, margin: int = 0) -> Image:
     nz = image.mask[0].nonzero()
     lo = (nz.min(0).values - margin).clamp_min(0)
     hi = torch.minimum(nz.max(0).values + margin + 1, torch.as_tensor(image.shape))
-    z0, y0, x0 = (int(v) for v in lo)
-    z1, y1, x1 = (int(v) for v in hi)
+    return sub_image(image, [int(v) for v in lo.flip(0)], [int(v) for v in hi.flip(0)])
+
+
+def sub_image(image: Image, low, high) -> Image:
+    """The voxels from index ``low`` to ``high`` (x, y, z; ``high`` exclusive) of ``image`` (and of
+    its mask) as an Image in the same place: a view, not a copy."""
+    (x0, y0, z0), (x1, y1, z1) = low, high
     origin = image.index_to_world() @ np.array([x0, y0, z0, 1.0])
-    return Image(image.data[:, z0:z1, y0:y1, x0:x1], image.spacing, origin[:3], image.direction,
-                 image.mask[:, z0:z1, y0:y1, x0:x1])
+    mask = None if image.mask is None else image.mask[:, z0:z1, y0:y1, x0:x1]
+    return Image(image.data[:, z0:z1, y0:y1, x0:x1], image.spacing, origin[:3], image.direction, mask)
 
 
 def box_corners(image: Image) -> np.ndarray:
@@ -520,10 +525,7 @@ def crop_to_box(image: Image, target: Image, matrix: Optional[np.ndarray] = None
     hi = np.minimum(np.ceil(index[:, :3].max(0) + pad) + 1, np.asarray(image.size)).astype(np.int64)
     if np.any(hi <= lo) or (np.all(lo == 0) and np.all(hi == np.asarray(image.size))):
         return image
-    (x0, y0, z0), (x1, y1, z1) = lo, hi
-    origin = image.index_to_world() @ np.array([x0, y0, z0, 1.0])
-    mask = None if image.mask is None else image.mask[:, z0:z1, y0:y1, x0:x1]
-    return Image(image.data[:, z0:z1, y0:y1, x0:x1], image.spacing, origin[:3], image.direction, mask)
+    return sub_image(image, lo, hi)
 
 
 def pyramid(image: Image, spacings: Sequence[float]) -> List[Image]:
