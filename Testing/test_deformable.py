@@ -22,7 +22,7 @@ from disa.deformable import (
     register_deformable,
     working_grid,
 )
-from disa.deformable.fields import identity_grid, voxel_scale, warp
+from disa.deformable.fields import identity_grid, resize_field, voxel_scale, warp
 from disa.errors import CancelledError, InputError
 from disa.registration.result import DENSE_TRANSFORMS
 from disa.similarity import parse_metric
@@ -190,7 +190,7 @@ def test_bad_settings(pair, options, words):
 def test_defaults_in_one_place():
     assert DENSE_METHODS == DENSE_TRANSFORMS
     assert DENSE_DEFAULTS.grid_spacing_mm == 8.0 and DENSE_DEFAULTS.integrator == "rk4"
-    assert DENSE_DEFAULTS.dense_coarse_iterations == 300 and DENSE_DEFAULTS.levels >= 1
+    assert DENSE_DEFAULTS.ode_coarse_iterations == 300 and DENSE_DEFAULTS.levels >= 1
     assert set(DENSE_DEFAULTS.as_dict()) >= {"transform", "metric", "stride", "iterations", "lr", "smoothness"}
 
 
@@ -262,6 +262,38 @@ def test_adam_takes_torch_adams_steps():
             opt.step()
     for a, b, s in zip(ours, theirs, start):
         assert torch.equal(a, b) and float((a - s).detach().abs().max()) > 0.1
+
+
+def test_refined_adam_carries_moments_at_the_new_grids_scale():
+    """A stationary velocity refined onto a grid twice as fine keeps Adam's step count, and its
+    moments interpolated and scaled as the gradient scales: after one step on the coarse grid,
+    the carried first moment and root second moment match what that step's gradient is on the
+    fine grid (medians within 15% inside), where unscaled ones are 16x too large."""
+    from disa.deformable.diffeomorphic import refined_adam
+    from disa.optim import Adam
+
+    work = (33, 33, 33)
+    weight = F.interpolate(torch.randn(1, 3, 4, 4, 4, generator=torch.Generator().manual_seed(1)), size=work,
+                           mode="trilinear", align_corners=True)
+
+    def gradient(v):
+        v = v.detach().clone().requires_grad_(True)
+        return torch.autograd.grad((weight * resize_field(v, work)).sum(), v)[0]
+
+    coarse = torch.zeros(1, 3, 9, 9, 9, requires_grad=True)
+    optimizer = Adam([coarse], lr=0.1)
+    coarse.grad = gradient(coarse)
+    optimizer.step()
+    fine = resize_field(coarse.detach(), (17, 17, 17)).requires_grad_(True)
+    refined = refined_adam(optimizer, fine, lr=0.1)
+    g = gradient(fine)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2), slice(2, -2))
+    # after one step: m = (1 - 0.9) g, v = (1 - 0.999) g^2
+    first = float((refined.m[0][inner] / (0.1 * g[inner])).median())
+    second = float((refined.v[0][inner].sqrt() / (0.001 ** 0.5 * g[inner].abs())).median())
+    assert refined.steps == 1 and refined.params[0] is fine
+    assert 0.85 < first < 1.15 and 0.85 < second < 1.15
+    assert refined_adam(None, fine, lr=0.1).steps == 0
 
 
 @pytest.mark.parametrize("method", ["diffeomorphic", "neural-ode"])

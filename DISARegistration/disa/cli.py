@@ -214,7 +214,8 @@ def add_registration_options(p: argparse.ArgumentParser):
                             f"{dd.dense_iterations} for diffeomorphic and {dd.ode_iterations} for neural-ode)")
     dense.add_argument("--coarse-iterations", type=COUNT, default=None, metavar="N",
                        help=f"Adam iterations on each coarser level (default {dd.coarse_iterations} for deformable, "
-                            f"at most {dd.dense_coarse_iterations} for the diffeomorphic models)")
+                            f"at most {dd.dense_coarse_iterations} for diffeomorphic and {dd.ode_coarse_iterations} "
+                            "for neural-ode)")
     dense.add_argument("--smoothness", type=_checked(_non_negative, "smoothness"), default=None, metavar="W",
                        help="weight of the regularizer on the field's derivatives (default "
                             f"{dd.smoothness:g} deformable, {dd.dense_smoothness:g} diffeomorphic)")

@@ -1,7 +1,8 @@
 """Diffeomorphic models optimized per case.
 
 - ``"diffeomorphic"``: a stationary velocity field v on a grid ``velocity_grid`` working voxels
-  apart, exponentiated there by scaling and squaring and interpolated to the working grid.
+  of each level apart, exponentiated there by scaling and squaring and interpolated to the
+  level's working grid.
 - ``"neural-ode"`` (after NODEO, Wu et al. CVPR 2022, and node_mind_diffeomorphic.md): v is the
   output of a small convolutional network of a fixed coordinate input (plus, by default, the
   discrete step's displacement as a fixed offset); the map phi solves d phi / dt = v(phi(t))
@@ -9,11 +10,14 @@
 
 Both minimize the (combined) similarity of ``losses.combined_loss`` (forward, and backward
 through the negated displacement), a diffusion regularizer on the velocity, and a penalty on
-Jacobian determinants below a floor, with Adam, coarse to fine: the velocity (or the network)
-lives on one grid fixed in space, and only the similarity is evaluated on finer working grids
-level after level, so most iterations cost a fraction of a fine one. Each level stops after its
-iterations or once the loss has changed by less than ``tolerance`` (relative) over ``patience``
-iterations.
+Jacobian determinants below a floor, with Adam, coarse to fine. The regularizers are taken on
+the grid the parameters live on (the velocity's, where the field is exponentiated or
+integrated); only the similarity is evaluated on the level's working grid. The neural-ODE's
+network lives on one grid fixed in space for every level; the stationary velocity starts each
+level on that level's own grid, refined from the one before with Adam's moments carried along
+(``refined_adam``), so its coarse iterations cost an eighth of the fine ones. Each level stops
+after its iterations or once the loss has changed by less than ``tolerance`` (relative) over
+``patience`` iterations.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import time
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..optim import Adam, Monitor
@@ -92,26 +97,29 @@ class VelocityNet(nn.Module):
 Level = Tuple[Sequence[Tuple[float, DenseTerm]], Tuple[int, int, int], int]
 
 
-def optimize_loop(parameters, displacement: Callable[[tuple], Tuple[torch.Tensor, torch.Tensor]],
-                  levels: Sequence[Level], lr: float, smoothness: float, jacobian_weight: float,
-                  jacobian_floor: float, tolerance: float, patience: int, bidirectional: bool,
-                  monitor: Optional[Monitor], linearize: float = 0.0) -> Tuple[torch.Tensor, list]:
-    """Adam on ``parameters``, level after level (coarse to fine); ``displacement(shape)``
-    returns (displacement, velocity) in voxels of a working grid of ``shape``. The parameters
-    live on a grid fixed in space, so they carry over from level to level unchanged; each level
-    stops after its iterations or once converged. ``linearize``: the squared-difference terms
-    by their Gauss-Newton model in the displacement, rebuilt once it has moved this many voxels
+def optimize_loop(optimizer: Adam, displacement: Callable[[], Tuple[torch.Tensor, torch.Tensor]],
+                  levels: Sequence[Level], smoothness: float, jacobian_weight: float, jacobian_floor: float,
+                  tolerance: float, patience: int, bidirectional: bool, monitor: Optional[Monitor],
+                  linearize: float = 0.0) -> Tuple[torch.Tensor, list]:
+    """``optimizer`` (Adam over the parameters) level after level (coarse to fine);
+    ``displacement()`` returns (displacement, velocity) in voxels of the parameters' own grid:
+    the regularizers are taken there and only the similarity on the level's working grid (the
+    displacement interpolated to it), so a fine level's smoothness and Jacobian penalty cost what
+    a coarse one's do (mean squared differences per voxel and determinants do not depend on the
+    voxel size to first order; on both tuning sets, session 24: Dice 0.9239 against 0.9225, TRE
+    0.426 against 0.437 mm, the stationary field's finest level 1.5 instead of 2.6 s). Each level
+    stops after its iterations or once converged. ``linearize``: the squared-difference terms by
+    their Gauss-Newton model in the displacement, rebuilt once it has moved this many voxels
     (``linearized.LinearizedLoss``; 0: exact every iteration). Returns the finest displacement
     and, per level, the losses of its iterations and its seconds."""
-    optimizer = Adam(parameters, lr=lr)
     history = []
     for terms, shape, iterations in levels:
         level, started = [], time.perf_counter()
         objective = LinearizedLoss(terms, linearize, bidirectional)
         for _ in range(int(iterations)):
             optimizer.zero_grad()
-            disp, velocity = displacement(shape)
-            loss = objective(disp, smoothness, regularizer=smoothness_loss(velocity))
+            disp, velocity = displacement()
+            loss = objective(resize_field(disp, shape), smoothness, regularizer=smoothness_loss(velocity))
             if jacobian_weight:
                 loss = loss + jacobian_weight * folding_penalty(disp, jacobian_floor)
             loss.backward()
@@ -125,32 +133,71 @@ def optimize_loop(parameters, displacement: Callable[[tuple], Tuple[torch.Tensor
                     break
         history.append((level, time.perf_counter() - started))
     with torch.no_grad():
-        disp, _ = displacement(levels[-1][1])
-    return disp.detach(), history
+        disp, _ = displacement()
+    return resize_field(disp, levels[-1][1]).detach(), history
+
+
+def refined_adam(previous: Optional[Adam], velocity: torch.Tensor, lr: float) -> Adam:
+    """Adam over ``velocity`` (1, 3, z, y, x), refined from the velocity ``previous`` optimized
+    on a coarser grid: its step count and moments carried, interpolated to the new grid and
+    scaled as the gradient scales (a finer node moves 1 / (r_x r_y r_z) of the voxels a coarser
+    one did, and component c is counted in voxels 1 / r_c as large: the first moment times
+    1 / (r_x r_y r_z r_c), the second by its square). A fresh Adam instead moves every node by
+    about ``lr`` in its first steps, noise included: on both tuning sets (session 24, finest
+    level restarted) Dice 0.9184 against 0.9243 with the moments carried; a learning rate 0.25x
+    to 4x for the restarted level did not help (0.9163-0.9190). ``previous`` None: a fresh Adam."""
+    optimizer = Adam([velocity], lr=lr)
+    if previous is None:
+        return optimizer
+    old = previous.params[0].shape[-3:]
+    new = velocity.shape[-3:]
+    ratio = [(n - 1) / max(o - 1, 1) for n, o in zip(new[::-1], old[::-1])]  # x, y, z
+    volume = ratio[0] * ratio[1] * ratio[2]
+    scale = torch.tensor([1.0 / (volume * r) for r in ratio], dtype=velocity.dtype,
+                         device=velocity.device).view(1, 3, 1, 1, 1)
+
+    def resized(moment):
+        return F.interpolate(moment, size=tuple(int(n) for n in new), mode="trilinear", align_corners=True)
+
+    optimizer.steps = previous.steps
+    optimizer.m = [resized(previous.m[0]) * scale]
+    optimizer.v = [resized(previous.v[0]).clamp_min(0.0) * scale * scale]
+    return optimizer
 
 
 def register_svf(levels: Sequence[Level], lr: float, smoothness: float, jacobian_weight: float,
                  jacobian_floor: float, squaring_steps: int, velocity_grid: int, tolerance: float,
                  patience: int, bidirectional: bool = True, monitor: Optional[Monitor] = None,
                  initial: Optional[torch.Tensor] = None, linearize: float = 0.0):
-    """Stationary velocity field registration over ``levels`` (coarse to fine); the velocity
-    lives on a grid ``velocity_grid`` voxels of the finest level apart and starts at zero or,
-    given ``initial`` (a voxel displacement of any working grid), at that displacement.
-    ``linearize``: see ``optimize_loop``. Returns (voxel displacement on the finest grid,
-    (losses, seconds) per level)."""
+    """Stationary velocity field registration over ``levels`` (coarse to fine); at each level the
+    velocity lives on a grid ``velocity_grid`` voxels of that level apart, refined from the
+    level before (``resize_field``; Adam's moments by ``refined_adam``), and starts at zero or,
+    given ``initial`` (a voxel displacement of any working grid), at that displacement. The
+    coarse levels' velocity on their own grid instead of the finest one's (session 24, both
+    tuning sets, with the moments carried): Dice 0.9243 against 0.9239, TRE 0.433 against
+    0.426 mm, the coarse level 0.6 instead of 2.2 s. ``linearize``: see ``optimize_loop``.
+    Returns (voxel displacement on the finest grid, (losses, seconds) per level)."""
     device = levels[-1][0][0][1].fixed.device
-    small = coarse_shape(levels[-1][1], velocity_grid)
-    # exp(v) = u to first order: a given displacement is the velocity's start
-    velocity = (torch.zeros(1, 3, *small, device=device) if initial is None
-                else resize_field(initial.detach().float(), small)).requires_grad_(True)
+    velocity, optimizer, history, disp = None, None, [], None
+    for level in levels:
+        small = coarse_shape(level[1], velocity_grid)
+        if velocity is not None:
+            start = resize_field(velocity.detach(), small)
+        elif initial is not None:  # exp(v) = u to first order: a given displacement is the velocity's start
+            start = resize_field(initial.detach().float(), small)
+        else:
+            start = torch.zeros(1, 3, *small, device=device)
+        velocity = start.requires_grad_(True)
+        optimizer = refined_adam(optimizer, velocity, lr)
 
-    def displacement(shape):
-        # exponentiated on the velocity's own grid (as the neural-ODE flow is integrated), then
-        # interpolated: the squarings cost the same at every level
-        return resize_field(scaling_and_squaring(velocity, squaring_steps), shape), resize_field(velocity, shape)
+        def displacement(v=velocity):
+            # exponentiated on the velocity's own grid (as the neural-ODE flow is integrated)
+            return scaling_and_squaring(v, squaring_steps), v
 
-    return optimize_loop([velocity], displacement, levels, lr, smoothness, jacobian_weight, jacobian_floor,
-                         tolerance, patience, bidirectional, monitor, linearize)
+        disp, h = optimize_loop(optimizer, displacement, [level], smoothness, jacobian_weight, jacobian_floor,
+                                tolerance, patience, bidirectional, monitor, linearize)
+        history += h
+    return disp, history
 
 
 def register_neural_ode(levels: Sequence[Level], lr: float, smoothness: float, jacobian_weight: float,
@@ -169,10 +216,9 @@ def register_neural_ode(levels: Sequence[Level], lr: float, smoothness: float, j
     coords = identity_grid(small, device).permute(0, 4, 1, 2, 3).contiguous()
     offset = None if initial is None else resize_field(initial.detach().float(), small)
 
-    def displacement(shape):
+    def displacement():
         v_small = net(coords) if offset is None else offset + net(coords)  # voxels of the velocity grid
-        disp_small = integrate(v_small, time_steps, integrator)
-        return resize_field(disp_small, shape), resize_field(v_small, shape)
+        return integrate(v_small, time_steps, integrator), v_small
 
-    return optimize_loop(list(net.parameters()), displacement, levels, lr, smoothness, jacobian_weight,
+    return optimize_loop(Adam(list(net.parameters()), lr=lr), displacement, levels, smoothness, jacobian_weight,
                          jacobian_floor, tolerance, patience, bidirectional, monitor)

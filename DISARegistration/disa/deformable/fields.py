@@ -89,8 +89,23 @@ class _FeatureWarp(torch.autograd.Function):
 
 
 def spatial_gradients(features: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The (x, y, z) voxel gradients G_c of (B, C, Z, Y, X) features, by central differences."""
-    return torch.gradient(features, dim=(4, 3, 2))
+    """The (x, y, z) voxel gradients G_c of (B, C, Z, Y, X) features, by central differences
+    (one-sided at the borders): ``torch.gradient(features, dim=(4, 3, 2))`` to the bit, written
+    into one buffer per axis because that call took 19 ms instead of 1.6 ms for 12 channels of
+    66^3 voxels on a CPU (a third of a Gauss-Newton model's rebuild)."""
+    if min(features.shape[2:]) < 2 or (features.requires_grad and torch.is_grad_enabled()):
+        return torch.gradient(features, dim=(4, 3, 2))  # its own error for one voxel; differentiable
+    out = []
+    for dim in (4, 3, 2):
+        n = features.shape[dim]
+        g = torch.empty_like(features)
+        inner = g.narrow(dim, 1, n - 2)
+        torch.sub(features.narrow(dim, 2, n - 2), features.narrow(dim, 0, n - 2), out=inner)
+        inner.mul_(0.5)
+        torch.sub(features.narrow(dim, 1, 1), features.narrow(dim, 0, 1), out=g.narrow(dim, 0, 1))
+        torch.sub(features.narrow(dim, n - 1, 1), features.narrow(dim, n - 2, 1), out=g.narrow(dim, n - 1, 1))
+        out.append(g)
+    return tuple(out)
 
 
 def displacement_gradient(grad_features: torch.Tensor, gradients) -> torch.Tensor:

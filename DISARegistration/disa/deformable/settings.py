@@ -21,6 +21,9 @@ MAX_LEVELS = 5
 DEFAULT_LR = {"deformable": D.lr, "diffeomorphic": D.dense_lr, "neural-ode": D.ode_lr}
 #: Finest-level iterations by method (the diffeomorphic models' are at most: they stop once converged).
 DEFAULT_ITERATIONS = {"deformable": D.iterations, "diffeomorphic": D.dense_iterations, "neural-ode": D.ode_iterations}
+#: Iterations of each coarser level by method (the diffeomorphic models' are at most).
+DEFAULT_COARSE_ITERATIONS = {"deformable": D.coarse_iterations, "diffeomorphic": D.dense_coarse_iterations,
+                             "neural-ode": D.ode_coarse_iterations}
 MAX_GRID_SPACING_MM = 100.0
 MAX_SEARCH_RADIUS_MM = 200.0
 MAX_LINEARIZE = 100.0
@@ -53,9 +56,8 @@ def check_dense_settings(transform: str, spacing: Optional[float], grid_spacing_
            "iterations": check_int("iterations", DEFAULT_ITERATIONS[transform] if iterations is None else iterations,
                                    0, MAX_ITERATIONS),
            "levels": check_int("dense levels", levels, 1, MAX_LEVELS),
-           "coarse_iterations": check_int("coarse-level iterations", (D.dense_coarse_iterations if dense
-                                          else D.coarse_iterations) if coarse_iterations is None
-                                          else coarse_iterations, 0, MAX_ITERATIONS),
+           "coarse_iterations": check_int("coarse-level iterations", DEFAULT_COARSE_ITERATIONS[transform]
+                                          if coarse_iterations is None else coarse_iterations, 0, MAX_ITERATIONS),
            "lr": positive("the learning rate", DEFAULT_LR[transform] if lr is None else lr, 1e3),
            "smoothness": positive("the smoothness weight", (D.dense_smoothness if dense else D.smoothness)
                                   if smoothness is None else smoothness, 1e6, allow_zero=True),
