@@ -149,3 +149,19 @@ def test_spatial_gradients_are_torch_gradient_to_the_bit(shape):
     assert all(torch.equal(a, b) for a, b in zip(spatial_gradients(f), torch.gradient(f, dim=(4, 3, 2))))
     g = f.clone().requires_grad_(True)
     assert spatial_gradients(g)[0].requires_grad
+
+
+def test_channel_dot_is_the_channel_sum_of_products():
+    """``channel_dot`` (accumulated channel by channel) equals ``(a * b).sum(1)`` to float
+    rounding, into a given output too, and stays differentiable when an input needs a gradient."""
+    from disa.deformable.fields import channel_dot
+
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(2, 12, 6, 7, 8, generator=g), torch.randn(2, 12, 6, 7, 8, generator=g)
+    expected = (a * b).sum(1)
+    assert torch.allclose(channel_dot(a, b), expected, rtol=1e-6, atol=1e-5)
+    out = torch.empty(2, 3, 6, 7, 8)
+    channel_dot(a, b, out=out[:, 1])
+    assert torch.allclose(out[:, 1], expected, rtol=1e-6, atol=1e-5)
+    x = a.clone().requires_grad_(True)
+    assert torch.equal(torch.autograd.grad(channel_dot(x, b).sum(), x)[0], b)

@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .fields import displacement_gradient, spatial_gradients
+from .fields import channel_dot, displacement_gradient, spatial_gradients
 from .losses import SQUARED_DIFFERENCE_TERMS, DenseTerm, combined_loss, regularization
 
 
@@ -35,7 +35,10 @@ def gauss_newton_terms(warped: torch.Tensor, target: torch.Tensor, weight: torch
     gx, gy, gz = spatial_gradients(warped)
     gradient = displacement_gradient((warped - target) * (2.0 * sign * weight), (gx, gy, gz))
     pairs = ((gx, gx), (gy, gy), (gz, gz), (gx, gy), (gx, gz), (gy, gz))
-    return gradient, torch.cat([(a * b).sum(1, keepdim=True) for a, b in pairs], 1) * weight
+    hessian = warped.new_empty(warped.shape[0], 6, *warped.shape[2:])
+    for k, (a, b) in enumerate(pairs):
+        channel_dot(a, b, out=hessian[:, k])
+    return gradient, hessian.mul_(weight)
 
 
 def quadratic_form(hessian: torch.Tensor, d: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ from ..similarity.ncc import lncc, ncc
 from ..similarity.ngf import mean_gradient_norm, ngf
 from ..spatial import Image, resample_image
 from ..spatial.filters import box_mean
+from ..spatial.sampling import channels_fastest
 from .defaults import DENSE_METRICS
 from .fields import smoothness_loss, warp_features
 
@@ -86,13 +87,18 @@ class DenseTerm:
         # Each image's features with its content mask as a last channel, so that one sampling
         # warps both (each channel is interpolated on its own: the values are those of two
         # samplings): instance optimization 6% faster (median of 4 interleaved runs, 2.97 against
-        # 3.16 s). ``fixed`` and ``moving`` become views of these, so no feature is stored twice.
+        # 3.16 s). The stack is laid out channel-fastest (``channels_fastest``: a trilinear sample
+        # reads one cache line for all channels; 13 channels onto 66^3 voxels 16.5 instead of 21.6
+        # ms, the same values bit for bit); ``fixed`` and ``moving`` stay channel-first for the
+        # whole-grid arithmetic, whose mixed layouts had cancelled the gain (session 23), so the
+        # features are held twice (about 14 MB an image at 66^3 with 12 channels). Both
+        # tuning sets (session 24): diffeomorphic 2.01 against 2.11 s a run, deformable the same
+        # (1.48 against 1.49 s, two runs each), identical results.
         self.stacks = {}
         for which in ("fixed", "moving"):
             features = getattr(self, which)
             stack = torch.cat([features, getattr(self, which + "_valid").to(features.dtype)], 1)
-            self.stacks[which] = stack
-            setattr(self, which, stack[:, :-1])
+            self.stacks[which] = channels_fastest(stack)
 
     def forward_loss(self, disp: torch.Tensor) -> torch.Tensor:
         return self.direction(disp)[0]
