@@ -165,3 +165,7 @@ def test_channel_dot_is_the_channel_sum_of_products():
     assert torch.allclose(out[:, 1], expected, rtol=1e-6, atol=1e-5)
     x = a.clone().requires_grad_(True)
     assert torch.equal(torch.autograd.grad(channel_dot(x, b).sum(), x)[0], b)
+    into = torch.zeros(2, 3, 6, 7, 8)
+    channel_dot(x, b, out=into[:, 2])  # differentiable into a given output too
+    assert torch.allclose(into[:, 2], expected, rtol=1e-6, atol=1e-5)
+    assert torch.equal(torch.autograd.grad(into.sum(), x)[0], b)

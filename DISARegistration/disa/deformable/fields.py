@@ -112,8 +112,8 @@ def channel_dot(a: torch.Tensor, b: torch.Tensor, out: Optional[torch.Tensor] = 
     """sum_c a_c * b_c of two (B, C, Z, Y, X) tensors, (B, Z, Y, X), accumulated channel by
     channel into ``out`` (or a new tensor): ``(a * b).sum(1)`` to float rounding without its
     C-channel temporary; 12 channels of 66^3 voxels on a CPU: 0.5 instead of 2.5 ms a product."""
-    if a.requires_grad or b.requires_grad:
-        return (a * b).sum(1)  # differentiable
+    if (a.requires_grad or b.requires_grad) and torch.is_grad_enabled():  # differentiable
+        return (a * b).sum(1) if out is None else out.copy_((a * b).sum(1))
     out = torch.mul(a[:, 0], b[:, 0], out=out)
     for c in range(1, a.shape[1]):
         out.addcmul_(a[:, c], b[:, c])
