@@ -25,14 +25,15 @@ import time
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..optim import Adam, Monitor
 from ..spatial.sampling import grid_sample
 from .fields import (
     folding_penalty,
+    grid_ratios,
     identity_grid,
+    interpolate_to,
     resize_field,
     scaling_and_squaring,
     smoothness_loss,
@@ -149,19 +150,14 @@ def refined_adam(previous: Optional[Adam], velocity: torch.Tensor, lr: float) ->
     optimizer = Adam([velocity], lr=lr)
     if previous is None:
         return optimizer
-    old = previous.params[0].shape[-3:]
     new = velocity.shape[-3:]
-    ratio = [(n - 1) / max(o - 1, 1) for n, o in zip(new[::-1], old[::-1])]  # x, y, z
+    ratio = grid_ratios(previous.params[0].shape[-3:], new)  # x, y, z
     volume = ratio[0] * ratio[1] * ratio[2]
     scale = torch.tensor([1.0 / (volume * r) for r in ratio], dtype=velocity.dtype,
                          device=velocity.device).view(1, 3, 1, 1, 1)
-
-    def resized(moment):
-        return F.interpolate(moment, size=tuple(int(n) for n in new), mode="trilinear", align_corners=True)
-
     optimizer.steps = previous.steps
-    optimizer.m = [resized(previous.m[0]) * scale]
-    optimizer.v = [resized(previous.v[0]).clamp_min(0.0) * scale * scale]
+    optimizer.m = [interpolate_to(previous.m[0], new) * scale]
+    optimizer.v = [interpolate_to(previous.v[0], new).clamp_min(0.0) * scale * scale]
     return optimizer
 
 

@@ -152,13 +152,23 @@ def scaling_and_squaring(velocity: torch.Tensor, steps: int) -> torch.Tensor:
     return disp
 
 
+def grid_ratios(old, new) -> list:
+    """(x, y, z) voxel-size ratios old / new of two grids of shapes (z, y, x) spanning the same
+    corners: a voxel displacement of the old grid counts ``ratio`` times as many new voxels."""
+    return [(n - 1) / max(o - 1, 1) for n, o in zip(tuple(new)[::-1], tuple(old)[::-1])]
+
+
+def interpolate_to(values: torch.Tensor, shape) -> torch.Tensor:
+    """(B, C, z, y, x) ``values`` trilinearly resampled to a grid of ``shape`` spanning the same
+    corners (the values themselves unchanged)."""
+    return F.interpolate(values, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=True)
+
+
 def resize_field(disp: torch.Tensor, shape) -> torch.Tensor:
     """A voxel displacement resampled to a grid of ``shape`` spanning the same corners (values
     rescaled to the new voxel size)."""
-    old = disp.shape[-3:]
-    out = F.interpolate(disp, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=True)
-    factor = [(n - 1) / max(o - 1, 1) for n, o in zip(shape[::-1], old[::-1])]  # x, y, z
-    return out * torch.tensor(factor, dtype=disp.dtype, device=disp.device).view(1, 3, 1, 1, 1)
+    factor = grid_ratios(disp.shape[-3:], shape)
+    return interpolate_to(disp, shape) * torch.tensor(factor, dtype=disp.dtype, device=disp.device).view(1, 3, 1, 1, 1)
 
 
 def smooth(disp: torch.Tensor, passes: int = 2, radius: int = 1) -> torch.Tensor:
