@@ -365,6 +365,42 @@ def test_jittered_points_stay_in_their_cell_and_repeat(disa_level):
     assert torch.equal(one.weighted_fixed, plain.weighted_fixed)
 
 
+def test_thinned_points_are_a_regular_sub_lattice():
+    """``thinned`` keeps about 1/k of the points, k = ceil(N / max_points), spread over the grid:
+    every 6^3 block of a full grid keeps its share, whichever k (a checkerboard, planes, a cubic
+    lattice, planes on a cubic lattice)."""
+    grid = torch.stack(torch.meshgrid(*[torch.arange(24)] * 3, indexing="ij"), dim=-1).reshape(-1, 3)
+    n = len(grid)
+    assert disa_module.thinned(grid, n) is None
+    for k in (2, 3, 8, 16):
+        keep = disa_module.thinned(grid, n // k)
+        assert abs(int(keep.sum()) - n / k) <= 0.02 * n / k
+        blocks = keep.view(4, 6, 4, 6, 4, 6).sum(dim=(1, 3, 5)).float()
+        assert float((blocks - 216 / k).abs().max()) <= 0.1 * 216 / k
+    with pytest.raises(InputError, match="max_points"):
+        DISA(model=distinct_model(3), max_points=10)
+
+
+def test_sampled_points_estimate_the_same_weighted_mean(case24_images):
+    """A capped level scores a sub-lattice of its weighted points with their weights renormalized:
+    the same similarity, estimated on fewer points, and what ``DISA(max_points=...)`` prepares."""
+    f, mv = case24_images
+    fl, ml = resample_to_spacing(f, 1.0), moving_level(mv, 1.0)
+    model = distinct_model(17)
+    full = DISA(model=model, cache=DescriptorCache(), max_points=None).prepare(fl, ml)
+    capped = DISA(model=model, cache=DescriptorCache(), max_points=1000).prepare(fl, ml)
+    n = len(full.points)
+    assert n > 2000 and 1000 / 2 <= len(capped.points) <= 1000 * 1.05
+    assert torch.equal(full.sampled(1000).points, capped.points) and full.sampled(n) is full
+    assert float(capped.shares.sum()) == pytest.approx(1.0, rel=1e-5)
+    rigid = make_model("rigid", case24_images[0].center())
+    params = torch.tensor([[0, 0, 0, 0, 0, 0], [3, -2, 1, 4, -3, 2], [-5, 0, 4, -6, 2, 5.0]], dtype=torch.float64)
+    values = [Objective(p, fl, ml, rigid).similarity(params).numpy() for p in (full, capped)]
+    assert np.all(np.abs(values[0]) > 0.05)
+    np.testing.assert_allclose(values[1], values[0], rtol=0.01)
+    assert np.array_equal(np.argsort(values[1]), np.argsort(values[0]))  # the poses rank alike
+
+
 def test_quantized_and_float_similarity_agree(disa_level, case24_images):
     fl, ml = disa_level
     model = distinct_model(11)

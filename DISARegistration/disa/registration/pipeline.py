@@ -148,7 +148,7 @@ def register(fixed: Image, moving: Image, metric: Union[str, MetricSpec, Similar
     searches locally. ``oversample``: the moving features live on a grid this many times
     finer than the working spacing (see ``moving_level``; None: ``OVERSAMPLE``, or
     ``DENSE_DEFAULTS.linear_oversample`` for the linear start of a dense registration).
-    ``sample_points``: a measure that is a mean over independent fixed voxels (MIND-SSC) scores
+    ``sample_points``: a measure that is a mean over independent fixed voxels (MIND-SSC, DISA-LC²) scores
     at most this many per level, on a regular lattice (``Prepared.sampled``; None: every voxel,
     or ``DENSE_DEFAULTS.linear_sample_points`` for the linear start of a dense registration).
     ``moving_margin``: mm; the moving image is read only within this distance of where the fixed
