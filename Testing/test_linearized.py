@@ -169,3 +169,63 @@ def test_channel_dot_is_the_channel_sum_of_products():
     channel_dot(x, b, out=into[:, 2])  # differentiable into a given output too
     assert torch.allclose(into[:, 2], expected, rtol=1e-6, atol=1e-5)
     assert torch.equal(torch.autograd.grad(into.sum(), x)[0], b)
+
+
+def test_gauss_newton_model_value_and_gradient():
+    """``gauss_newton_model`` (its gradient by hand) is g . d + d^T H d summed over voxels, and its
+    derivative g + 2 H d is autograd's through that formula, to float rounding."""
+    from disa.deformable.linearized import gauss_newton_model
+
+    g = torch.Generator().manual_seed(7)
+    grad, hess = torch.randn(1, 3, 5, 6, 7, generator=g, dtype=torch.float64), \
+        torch.randn(1, 6, 5, 6, 7, generator=g, dtype=torch.float64)
+    d = torch.randn(1, 3, 5, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    x, y, z = d[:, 0], d[:, 1], d[:, 2]
+    h = hess[0]
+    formula = (grad * d).sum() + (h[0] * x * x + h[1] * y * y + h[2] * z * z
+                                  + 2.0 * (h[3] * x * y + h[4] * x * z + h[5] * y * z)).sum()
+    value = gauss_newton_model(d, grad, hess)
+    assert float(value.detach()) == pytest.approx(float(formula.detach()), rel=1e-12)
+    expected, got = (torch.autograd.grad(v, d)[0] for v in (formula, value))
+    assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("source, target", [((9, 9, 9), (17, 17, 17)), ((1, 5, 7), (3, 1, 9)),
+                                            ((20, 9, 13), (7, 17, 13)), ((4, 6, 2), (4, 6, 2))])
+def test_interpolate_to_is_trilinear_interpolation(source, target):
+    """``interpolate_to`` (one matrix product per axis) gives F.interpolate's trilinear values
+    (align_corners=True) and gradients, single-voxel axes and an unchanged shape included."""
+    from disa.deformable.fields import interpolate_to
+
+    v = torch.randn(2, 3, *source, generator=torch.Generator().manual_seed(11), dtype=torch.float64,
+                    requires_grad=True)
+    expected = F.interpolate(v, size=target, mode="trilinear", align_corners=True)
+    got = interpolate_to(v, target)
+    assert got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-12, atol=1e-12)
+    w = torch.randn(expected.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    assert torch.allclose(torch.autograd.grad(got, v, w)[0], torch.autograd.grad(expected, v, w)[0],
+                          rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(9, 7, 5), (2, 3, 4), (3, 2, 2), (1, 4, 4)])
+def test_folding_penalty_matches_autograd_through_the_determinant(shape):
+    """The folding penalty's hand-written gradient (cofactors, the central differences' adjoint)
+    equals autograd's through ``jacobian_determinant_voxels``, on folded fields and two-voxel
+    axes too (a one-voxel axis takes autograd's path)."""
+    from disa.deformable.fields import folding_penalty, jacobian_determinant_voxels
+
+    d = (torch.randn(1, 3, *shape, generator=torch.Generator().manual_seed(13), dtype=torch.float64) * 0.8)
+    d.requires_grad_(True)
+    reference = F.relu(0.1 - jacobian_determinant_voxels(d)).pow(2).mean()
+    value = folding_penalty(d, 0.1)
+    ref, val = float(reference.detach()), float(value.detach())
+    assert ref > 0.01 and val == pytest.approx(ref, rel=1e-12)
+    expected, got = (torch.autograd.grad(v, d)[0] for v in (reference, value))
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-14)
+
+
+def test_max_length_is_the_longest_vector():
+    from disa.deformable.fields import max_length
+
+    v = torch.randn(3, 6, 7, 8, generator=torch.Generator().manual_seed(14))
+    assert max_length(v) == pytest.approx(float(v.norm(dim=0).max()), rel=1e-6)

@@ -30,7 +30,7 @@ from ..threads import machine_threads, torch_threads
 from .defaults import DENSE_DEFAULTS as D
 from .diffeomorphic import register_neural_ode, register_svf
 from .discrete import discrete_search
-from .fields import field_image, jacobian_statistics, resize_field, working_grid
+from .fields import field_image, jacobian_statistics, max_length, resize_field, working_grid
 from .instance import instance_optimize
 from .losses import build_term, combined_loss
 from .settings import check_dense_settings, check_metric
@@ -222,7 +222,7 @@ def register_deformable(fixed: Image, moving: Image, transform: str = D.transfor
                        "seconds": time.perf_counter() - t0, "working_spacing_mm": grid.spacing.tolist(),
                        "working_size_xyz": list(grid.size), "lr": s["lr"], "smoothness": s["smoothness"],
                        "final_loss": history[-1] if history else None,
-                       "max_displacement_mm": float(field.data.norm(dim=0).max()), "jacobian": stats, **extra}
+                       "max_displacement_mm": max_length(field.data), "jacobian": stats, **extra}
         if progress is not None:
             progress("done", 1.0, f"{method}: similarity {before:.4f} -> {after:.4f}, {seconds:.1f} s, "
                                   f"{stats['nonpositive']} folded voxels")

@@ -6,8 +6,8 @@ squares with the warped moving intensity a and the moving gradient magnitude g (
 ``(var(b) - residual) / var(b)`` in [0, 1]. Local values are averaged with the local variance
 of the fixed patch as weight (the original measure's weighting) and over radii 3, 5 and 7.
 
-All patch sums are box means computed with cumulative sums (``ops.box_mean``), so one
-evaluation costs O(voxels) whatever the radius. Points outside the moving image or outside the
+All patch sums are box means (``spatial.filters.box_mean``: direct sums for narrow windows,
+cumulative sums for wide ones), so one evaluation costs O(voxels) whatever the radius. Points outside the moving image or outside the
 fixed mask drop out of every patch; a patch with less than half of its points left scores 0
 (no information) while its weight still counts, so moving content out of view never pays.
 """

@@ -5,13 +5,27 @@ import torch
 import torch.nn.functional as F
 
 
-def box_mean_1d(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
-    """Mean over a window of 2*radius+1 along ``dim`` (zero padded), in O(1) per voxel.
+#: Windows up to this radius are summed directly; wider ones through a cumulative sum.
+DIRECT_BOX_RADIUS = 3
 
-    Implemented with a cumulative sum, so the cost does not grow with the radius.
+
+def box_mean_1d(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Mean over a window of 2*radius+1 along ``dim`` (zero padded).
+
+    Small windows (radius <= ``DIRECT_BOX_RADIUS``: MIND-SSC's) as a sum of shifted copies,
+    larger ones with a cumulative sum, whose cost does not grow with the radius. For MIND-SSC's
+    12 channels of 96^3 voxels at radius 2 the direct sum took 87 instead of 193 ms (2 threads),
+    at 66^3 and radius 1 4 instead of 19 ms; the same values to float rounding (1e-6).
     """
     k = 2 * radius + 1
     n = x.shape[dim]
+    if radius <= DIRECT_BOX_RADIUS:
+        dim = dim % x.dim()
+        padded = F.pad(x, [0, 0] * (x.dim() - 1 - dim) + [radius, radius])
+        total = padded.narrow(dim, 0, n).clone()
+        for shift in range(1, k):
+            total.add_(padded.narrow(dim, shift, n))
+        return total.div_(k)
     pad_shape = list(x.shape)
     pad_shape[dim] = radius + 1
     front = x.new_zeros(pad_shape)
