@@ -126,8 +126,8 @@ def thinned(indices: torch.Tensor, max_points: int) -> Optional[torch.Tensor]:
     them, k = ceil(N / ``max_points``), or None when N <= ``max_points``. Every s-th node along
     each axis (s^3 <= k), then on that lattice the planes (x + y + z) / s = 0 mod r, r =
     ceil(k / s^3): for k = 2 a checkerboard, for k = 3 every third node of each row along every
-    axis. A lattice rather than a random subset: on the held-out 1 mm check a random half of the
-    points gave a mean 0.637 mm against 0.591 mm for a lattice (8,192 points each)."""
+    axis. A lattice rather than a random subset: on the held-out 1 mm check, at most 8,192 points
+    each, a seeded random subset gave a mean error of 0.637 mm, a lattice 0.591 mm."""
     n = len(indices)
     if n <= max_points:
         return None
