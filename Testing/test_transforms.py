@@ -134,6 +134,28 @@ def test_rigid_params_from_matrix_refuses_non_rotation():
         Rigid(CENTER).params_from_matrix(m)
 
 
+def test_rigid_offsets_convert_all_poses_at_once_as_one_by_one():
+    """``with_rigid_offsets`` converts a global search's poses in one call
+    (``params_from_matrices``): the same parameters as ``params_from_matrix`` pose by pose, for
+    the rigid, affine and probe-pressure models; one non-rigid matrix in a stack is refused."""
+    from disa.transforms.probe_pressure import ProbePressure
+
+    rng = np.random.default_rng(9)
+    offsets = np.concatenate([rng.uniform(-30, 30, (40, 3)), rng.uniform(-50, 50, (40, 3))], axis=1)
+    probe = ProbePressure(CENTER, [0.0, -30.0, 0.0], [0.0, 1.0, 0.0], 20.0, np.array([[-40.0] * 3, [40.0] * 3]))
+    for model in models() + [probe]:
+        x0 = params_for(model, rng, 1)[0] if model is not probe else np.r_[rng.uniform(-5, 5, 6), 0.0, 20.0]
+        start = model.matrix(torch.as_tensor(x0)[None])[0]
+        moved = (start @ Rigid(CENTER).matrix(torch.as_tensor(offsets))).numpy()
+        got = model.with_rigid_offsets(x0, offsets)
+        assert got.shape == (40, model.n_params)
+        np.testing.assert_allclose(got, np.stack([model.params_from_matrix(m) for m in moved]), rtol=0, atol=1e-12)
+    stack = np.repeat(np.eye(4)[None], 3, axis=0)
+    stack[1, 0, 0] = 1.1
+    with pytest.raises(InputError, match="rigid"):
+        Rigid(CENTER).params_from_matrices(stack)
+
+
 # ITK files --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("suffix", [".tfm", ".txt", ".h5", ".hdf5"])
 @pytest.mark.parametrize("model", models(), ids=lambda m: m.name)

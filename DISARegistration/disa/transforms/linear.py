@@ -89,7 +89,11 @@ class LinearModel:
         offsets = np.asarray(offsets, dtype=np.float64).reshape(-1, 6)
         start = self.matrix(torch.as_tensor(x0, dtype=torch.float64)[None])[0]
         moves = Rigid(self.center).matrix(torch.as_tensor(offsets))
-        return np.stack([self.params_from_matrix(m) for m in (start @ moves).numpy()])
+        return self.params_from_matrices((start @ moves).numpy())
+
+    def params_from_matrices(self, matrices: np.ndarray) -> np.ndarray:
+        """(n, n_params) ``params_from_matrix`` of each of (n, 4, 4) ``matrices``."""
+        return np.stack([self.params_from_matrix(m) for m in matrices])
 
     def _translation(self, matrix: np.ndarray) -> np.ndarray:
         a = matrix[:3, :3]
@@ -106,11 +110,21 @@ class Rigid(LinearModel):
         return rotation_matrix(params[:, :3])
 
     def params_from_matrix(self, matrix):
-        matrix = np.asarray(matrix, dtype=np.float64)
-        r = matrix[:3, :3]
-        if np.abs(r.T @ r - np.eye(3)).max() > 1e-4 or np.linalg.det(r) < 0:
+        return self.rigid_params(np.asarray(matrix, dtype=np.float64)[None])[0]
+
+    def params_from_matrices(self, matrices):
+        return self.rigid_params(matrices)
+
+    def rigid_params(self, matrices) -> np.ndarray:
+        """(n, 6) rotation vectors and translations of (n, 4, 4) rigid ``matrices``, all at once
+        (one rotation conversion for a global search's hundreds of poses: a loop over them took
+        40 ms of a 1.2 s registration)."""
+        m = np.asarray(matrices, dtype=np.float64).reshape(-1, 4, 4)
+        r = m[:, :3, :3]
+        orthogonal = np.abs(np.swapaxes(r, 1, 2) @ r - np.eye(3)).max(axis=(1, 2)) <= 1e-4
+        if not np.all(orthogonal & (np.linalg.det(r) >= 0)):
             raise InputError("the matrix is not a rigid transform (rotation + translation)")
-        return np.concatenate([_rotvec_deg(r), self._translation(matrix)])
+        return np.concatenate([_rotvec_deg(r), m[:, :3, 3] - self.center + r @ self.center], axis=1)
 
 
 class Affine(LinearModel):

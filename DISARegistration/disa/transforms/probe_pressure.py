@@ -264,6 +264,10 @@ class ProbePressure(Rigid):
         """The rigid pose of ``matrix`` with no compression (a matrix holds none)."""
         return np.concatenate([super().params_from_matrix(matrix), self.identity()[6:]])
 
+    def params_from_matrices(self, matrices) -> np.ndarray:
+        rigid = self.rigid_params(matrices)
+        return np.concatenate([rigid, np.tile(self.identity()[6:], (len(rigid), 1))], axis=1)
+
     def with_rigid_offsets(self, x0: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         """The rigid part moved by each offset as :class:`Rigid` does; the compression of ``x0``
         (0 at the start of a registration) is kept."""
