@@ -33,3 +33,17 @@ def test_oracle_row_and_spacings(tmp_path):
 
     args = build_parser().parse_args(["benchmark", "--methods", "disa-oracle", "--spacings", "2,1"])
     assert args.spacings == [2.0, 1.0]
+
+
+def test_every_timed_disa_run_describes_both_images(tmp_path):
+    """The benchmark times what a user's one registration costs: no timed DISA run takes a
+    descriptor from the run before it (the fixed image's would otherwise come from the cache)."""
+    from disa.bench.benchmark import run_benchmark
+    from disa.features.descriptors import DEFAULT_CACHE
+
+    hits, misses = DEFAULT_CACHE.hits, DEFAULT_CACHE.misses
+    data = run_benchmark(runs=2, methods=["disa"], output_dir=tmp_path, device="cpu", log=io.StringIO(),
+                         print_fn=lambda *a: None, spacings=[2.0])
+    runs = data["methods"]["disa"]["runs"]
+    assert len(runs) == 2 and all("error" not in r and np.isfinite(r["tre"]) for r in runs)
+    assert DEFAULT_CACHE.hits == hits and DEFAULT_CACHE.misses - misses >= 2 * len(runs)
