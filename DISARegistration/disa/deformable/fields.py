@@ -241,25 +241,14 @@ def field_image(disp: torch.Tensor, grid: Image) -> Image:
 
 def jacobian_determinant_voxels(disp: torch.Tensor) -> torch.Tensor:
     """det(I + D disp) (B, Z, Y, X) of a voxel displacement (central differences inside, one-sided
-    at the borders, as ``numpy.gradient``). Equal to the LPS map's determinant: a change of
-    basis leaves it unchanged."""
-    grads = []
-    for dim in (4, 3, 2):  # derivatives along x, y, z
-        n = disp.shape[dim]
-        if n < 2:
-            grads.append(torch.zeros_like(disp))
-            continue
-        inner = (disp.narrow(dim, 2, n - 2) - disp.narrow(dim, 0, n - 2)) / 2.0 if n > 2 else disp.narrow(dim, 0, 0)
-        first = disp.narrow(dim, 1, 1) - disp.narrow(dim, 0, 1)
-        last = disp.narrow(dim, n - 1, 1) - disp.narrow(dim, n - 2, 1)
-        grads.append(torch.cat([first, inner, last], dim=dim))
-    # j[b, r, c] = d disp_r / d x_c + delta_rc
-    j = torch.stack(grads, dim=2)  # (B, 3 rows, 3 cols, Z, Y, X)
-    eye = torch.eye(3, dtype=disp.dtype, device=disp.device).view(1, 3, 3, 1, 1, 1)
-    j = j + eye
-    return (j[:, 0, 0] * (j[:, 1, 1] * j[:, 2, 2] - j[:, 1, 2] * j[:, 2, 1])
-            - j[:, 0, 1] * (j[:, 1, 0] * j[:, 2, 2] - j[:, 1, 2] * j[:, 2, 0])
-            + j[:, 0, 2] * (j[:, 1, 0] * j[:, 2, 1] - j[:, 1, 1] * j[:, 2, 0]))
+    at the borders, as ``numpy.gradient``; none along a one-voxel axis). Equal to the LPS map's
+    determinant: a change of basis leaves it unchanged."""
+    if min(disp.shape[2:]) >= 2:
+        grads = spatial_gradients(disp)
+    else:
+        grads = tuple(torch.gradient(disp, dim=dim)[0] if disp.shape[dim] >= 2 else torch.zeros_like(disp)
+                      for dim in (4, 3, 2))  # along x, y, z
+    return _jacobian_cofactors(grads)[0]
 
 
 def jacobian_determinant(field: Image) -> np.ndarray:
@@ -310,7 +299,7 @@ def folding_penalty(disp: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
     return _FoldingPenalty.apply(disp, float(floor))
 
 
-def _jacobian_cofactors(grads) -> list:
+def _jacobian_cofactors(grads) -> Tuple[torch.Tensor, list]:
     """(det J, cofactors C[r][c] = d det / d J_rc) of J = I + (grads[c][:, r]) per voxel."""
     j = [[grads[c][:, r] + 1.0 if r == c else grads[c][:, r] for c in range(3)] for r in range(3)]
     cof = [[None] * 3 for _ in range(3)]
